@@ -1,0 +1,122 @@
+"""The in-memory broker: a dict of per-project topics, each subscriber with a bounded buffer.
+
+Interface kept small (subscribe, unsubscribe, publish, close) so that a broker for
+several processes (Redis Streams) can stand in its place without touching the journal's
+callers or the stream handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from service.events import Event
+
+
+class Closed(Enum):
+    """Why a subscription ended from the broker's side."""
+
+    SLOW_CLIENT = "slow_client"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One stream's view of a topic. The publisher appends; the stream handler drains.
+
+    A plain deque and one waiter future, not an asyncio.Queue: the handler takes every
+    queued event at once and writes them in one go, and a publish costs no task switch.
+    """
+
+    topic: str
+    limit: int
+    pending: deque[Event] = field(default_factory=deque)
+    closed: Closed | None = None
+    # Called when the buffer overflows: the handler may be stuck in a write to a client
+    # that stopped reading, and only aborting its transport frees it.
+    on_overflow: Callable[[], None] | None = None
+    _waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def offer(self, event: Event) -> None:
+        if self.closed is not None:
+            return
+        if len(self.pending) >= self.limit:
+            # Never drop an event silently and never grow without bound: end the
+            # subscription; the client reconnects and replays from SQLite.
+            self.pending.clear()
+            self.close(Closed.SLOW_CLIENT)
+            if self.on_overflow is not None:
+                self.on_overflow()
+            return
+        self.pending.append(event)
+        self._wake()
+
+    def close(self, reason: Closed) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._wake()
+
+    def take(self) -> list[Event]:
+        events = list(self.pending)
+        self.pending.clear()
+        return events
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until there is something to take or the subscription closed.
+
+        Returns False when `timeout` seconds passed in quiet (time for a heartbeat).
+        """
+        if self.pending or self.closed is not None:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self.pending) or self.closed is not None
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Broker:
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._topics: dict[str, set[Subscriber]] = {}
+
+    def subscribe(self, topic: str) -> Subscriber:
+        subscriber = Subscriber(topic=topic, limit=self._queue_size)
+        self._topics.setdefault(topic, set()).add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        members = self._topics.get(subscriber.topic)
+        if members is not None:
+            members.discard(subscriber)
+            if not members:
+                del self._topics[subscriber.topic]
+
+    def publish(self, topic: str, event: Event) -> None:
+        for subscriber in tuple(self._topics.get(topic, ())):
+            subscriber.offer(event)
+
+    def close_all(self, reason: Closed) -> None:
+        for members in self._topics.values():
+            for subscriber in members:
+                subscriber.close(reason)
+
+    def subscriber_count(self) -> int:
+        return sum(len(members) for members in self._topics.values())

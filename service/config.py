@@ -1,0 +1,172 @@
+"""Settings: dataclass defaults, then config.toml, then GENSTREAM_<SECTION>_<KEY>."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "GENSTREAM_"
+# Secrets are read from the environment only, so a committed config.toml cannot leak them.
+SECRET_SETTINGS = frozenset({("auth", "token")})
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used, with the name of the setting."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    shutdown_grace_seconds: float = 10.0
+    allow_remote_without_token: bool = False
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    path: str = "data/genstream.db"
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    heartbeat_seconds: float = 15.0
+    retry_ms: int = 3000
+    queue_size: int = 1024
+    replay_page: int = 500
+    max_streams: int = 10_000
+    max_streams_per_project: int = 1000
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    provider: str = "offline"
+    max_concurrent: int = 4
+    timeout_seconds: float = 600.0
+    max_prompt_chars: int = 20_000
+    max_image_urls: int = 8
+
+
+@dataclass(frozen=True)
+class OfflineSettings:
+    tokens_per_second: float = 60.0
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    model: str = "gpt-4o"
+    base_url: str = ""
+    temperature: float = 0.2
+    max_tokens: int = 8192
+    request_timeout_seconds: float = 120.0
+    max_retries: int = 2
+    context_chars: int = 60_000
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    offline: OfflineSettings = field(default_factory=OfflineSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some keys changed: settings.replace(stream={"heartbeat_seconds": 1})."""
+        return _build(self, {k: dict(v) for k, v in sections.items()}, "replace")
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "config.toml"
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the file (the repo's config.toml by default) and apply environment overrides."""
+    environ = os.environ if environ is None else environ
+    file = Path(path) if path is not None else default_config_path()
+    settings = Settings()
+    if path is not None or file.exists():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        for section, key in SECRET_SETTINGS:
+            if raw.get(section, {}).get(key):
+                raise ConfigError(
+                    f"{file}: {section}.{key} must come from the environment "
+                    f"({ENV_PREFIX}{section.upper()}_{key.upper()}), not the file"
+                )
+        settings = _build(settings, raw, str(file))
+    return _build(settings, _from_environ(environ), "environment")
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(Settings):
+        prefix = f"{ENV_PREFIX}{f.name.upper()}_"
+        for key, value in environ.items():
+            if key.startswith(prefix):
+                sections.setdefault(f.name, {})[key[len(prefix) :].lower()] = value
+    return sections
+
+
+def _build(base: Settings, raw: Mapping[str, Any], origin: str) -> Settings:
+    changes: dict[str, Any] = {}
+    section_fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for section, values in raw.items():
+        if section not in section_fields:
+            raise ConfigError(f"{origin}: unknown section [{section}]")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        current = getattr(base, section)
+        key_types = {f.name: type(getattr(current, f.name)) for f in dataclasses.fields(current)}
+        updates: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in key_types:
+                raise ConfigError(f"{origin}: unknown setting {section}.{key}")
+            updates[key] = _coerce(value, key_types[key], f"{section}.{key}", origin)
+        changes[section] = dataclasses.replace(current, **updates)
+    return dataclasses.replace(base, **changes)
+
+
+def _coerce(value: Any, kind: type, name: str, origin: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int and not isinstance(value, bool):
+            return int(value)
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    except ValueError:
+        pass
+    raise ConfigError(f"{origin}: {name} must be a {kind.__name__}, got {value!r}")

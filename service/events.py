@@ -1,0 +1,113 @@
+"""Events: what the journal stores and every client receives, one shape for both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from service import sse
+
+MESSAGE_CREATED: Final = "message.created"
+MESSAGE_DELTA: Final = "message.delta"
+MESSAGE_UPDATED: Final = "message.updated"
+GENERATION_STARTED: Final = "generation.started"
+STAGE: Final = "stage"
+FILE_STARTED: Final = "file.started"
+FILE_DELTA: Final = "file.delta"
+FILE_COMPLETED: Final = "file.completed"
+VALIDATION: Final = "validation"
+GENERATION_COMPLETED: Final = "generation.completed"
+GENERATION_FAILED: Final = "generation.failed"
+GENERATION_CANCELLED: Final = "generation.cancelled"
+
+TERMINAL_TYPES: Final = frozenset({GENERATION_COMPLETED, GENERATION_FAILED, GENERATION_CANCELLED})
+ALL_TYPES: Final = frozenset(
+    {
+        MESSAGE_CREATED,
+        MESSAGE_DELTA,
+        MESSAGE_UPDATED,
+        GENERATION_STARTED,
+        STAGE,
+        FILE_STARTED,
+        FILE_DELTA,
+        FILE_COMPLETED,
+        VALIDATION,
+    }
+    | TERMINAL_TYPES
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event before the journal gives it an id."""
+
+    project_id: str
+    generation_id: str | None
+    type: str
+    payload: dict[str, Any]
+    ts: int = field(default_factory=now_ms)
+
+    def __post_init__(self) -> None:
+        if self.type not in ALL_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. `data` is the flat JSON object sent as SSE data and by /events;
+    `frame` is its SSE frame, encoded once and shared by every subscriber."""
+
+    id: int
+    project_id: str
+    generation_id: str | None
+    type: str
+    ts: int
+    data: bytes
+    frame: bytes
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+def seal(draft: Draft, event_id: int) -> Event:
+    """Give a draft its id: build the flat object once, and its frame once."""
+    body = {
+        "id": event_id,
+        "type": draft.type,
+        "project_id": draft.project_id,
+        "generation_id": draft.generation_id,
+        "ts": draft.ts,
+        **draft.payload,
+    }
+    data = orjson.dumps(body)
+    return Event(
+        id=event_id,
+        project_id=draft.project_id,
+        generation_id=draft.generation_id,
+        type=draft.type,
+        ts=draft.ts,
+        data=data,
+        frame=sse.frame(data, event=draft.type, event_id=event_id),
+    )
+
+
+def from_row(
+    event_id: int, project_id: str, generation_id: str | None, type_: str, ts: int, data: bytes
+) -> Event:
+    return Event(
+        id=event_id,
+        project_id=project_id,
+        generation_id=generation_id,
+        type=type_,
+        ts=ts,
+        data=data,
+        frame=sse.frame(data, event=type_, event_id=event_id),
+    )

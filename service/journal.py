@@ -1,0 +1,188 @@
+"""The journal: the one way an event reaches anyone. Commit to SQLite, then publish.
+
+One writer task owns the write connection. Callers hand it jobs; everything queued
+while the previous commit ran goes into the next transaction (group commit). Event ids
+are given here, in the order jobs arrive, so ids are unique and strictly increasing for
+the whole database and every topic sees them in id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from service.broker import Broker
+from service.errors import ApiError
+from service.events import Draft, Event, seal
+from service.storage import Storage, StorageError, Tx
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Emit = Callable[[Draft], Event]
+TxFunction = Callable[[Tx, Emit], Awaitable[T]]
+
+
+@dataclass(eq=False)
+class _Append:
+    drafts: list[Draft]
+    future: asyncio.Future[list[Event]]
+
+
+@dataclass(eq=False)
+class _Transact(Generic[T]):
+    fn: TxFunction[T]
+    future: asyncio.Future[T]
+
+
+@dataclass
+class JournalStats:
+    commits: int = 0
+    events: int = 0
+    failed_commits: int = 0
+    last_commit_seconds: float = 0.0
+    commit_seconds_total: float = 0.0
+
+
+class Journal:
+    def __init__(self, storage: Storage, broker: Broker, next_id: int) -> None:
+        self._storage = storage
+        self._broker = broker
+        self._next_id = next_id
+        self._queue: list[_Append | _Transact[Any]] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.stats = JournalStats()
+
+    @classmethod
+    async def start(cls, storage: Storage, broker: Broker) -> Journal:
+        journal = cls(storage, broker, await storage.max_event_id() + 1)
+        journal._task = asyncio.create_task(journal._run(), name="journal-writer")
+        return journal
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop. Later appends are refused."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def append(self, *drafts: Draft) -> asyncio.Future[list[Event]]:
+        """Queue events; the future resolves once they are committed and published."""
+        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Append(list(drafts), future))
+        return future
+
+    def transact(self, fn: TxFunction[T]) -> asyncio.Future[T]:
+        """Run `fn` in the next transaction; events it emits are published after commit.
+
+        An exception from `fn` undoes everything `fn` wrote (a savepoint) and reaches the
+        caller; the other jobs of the batch still commit.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Transact(fn, future))
+        return future
+
+    def _enqueue(self, job: _Append | _Transact[Any]) -> None:
+        if self._closing:
+            job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+            return
+        self._queue.append(job)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, self._queue = self._queue, []
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Append | _Transact[Any]]) -> None:
+        tx = self._storage.transaction()
+        first_id = self._next_id
+        appended: list[Event] = []
+        published: list[Event] = []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        started = time.perf_counter()
+        try:
+            await tx.begin()
+            for job in batch:
+                if isinstance(job, _Append):
+                    events = [self._seal(draft) for draft in job.drafts]
+                    appended.extend(events)
+                    published.extend(events)
+                    outcomes.append((job.future, events, None))
+                else:
+                    value, events, error = await self._run_job(tx, job)
+                    published.extend(events)
+                    outcomes.append((job.future, value, error))
+            await tx.insert_events(appended)
+            await tx.commit()
+        except (sqlite3.Error, StorageError) as exc:
+            await tx.rollback()
+            self._next_id = first_id
+            self.stats.failed_commits += 1
+            log.error("journal commit of %d jobs failed: %s", len(batch), exc)
+            failure = ApiError(503, "storage_unavailable", f"the database refused the write: {exc}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            return
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.events += len(published)
+        self.stats.last_commit_seconds = elapsed
+        self.stats.commit_seconds_total += elapsed
+        # Publish only what is durable, in id order (jobs were sealed in order).
+        for event in published:
+            self._broker.publish(event.project_id, event)
+        for future, value, error in outcomes:
+            if future.done():  # the caller gave up waiting (cancelled)
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    async def _run_job(
+        self, tx: Tx, job: _Transact[Any]
+    ) -> tuple[Any, list[Event], BaseException | None]:
+        mark = self._next_id
+        emitted: list[Event] = []
+
+        def emit(draft: Draft) -> Event:
+            event = self._seal(draft)
+            emitted.append(event)
+            return event
+
+        await tx.savepoint()
+        try:
+            value = await job.fn(tx, emit)
+            await tx.insert_events(emitted)
+        except (sqlite3.Error, StorageError):
+            raise  # the database itself failed: the whole batch fails
+        except Exception as exc:
+            await tx.rollback_to_savepoint()
+            self._next_id = mark
+            return None, [], exc
+        await tx.release()
+        return value, emitted, None
+
+    def _seal(self, draft: Draft) -> Event:
+        event = seal(draft, self._next_id)
+        self._next_id += 1
+        return event

@@ -1,0 +1,1 @@
+"""Model providers: each turns a ModelRequest into a stream of text chunks."""

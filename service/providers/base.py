@@ -1,0 +1,67 @@
+"""What every provider takes and gives: the contract between generation and a model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.storage import FileRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    prompt: str
+    image_urls: tuple[str, ...] = ()
+    # The project's files as they are before this generation (for edits).
+    files: tuple[FileRecord, ...] = ()
+    # Earlier turns of the chat, oldest first: (role, content).
+    history: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of the model's text, in the output format the parser reads.
+
+    The last chunk of a stream may carry only `usage`.
+    """
+
+    text: str = ""
+    usage: Usage | None = None
+    # The provider's estimate of how far along it is (0.0-1.0), when it can tell.
+    progress: float | None = None
+
+
+@dataclass
+class ProviderError(Exception):
+    """A model call that failed: `code` for programs, `message` for people."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class Provider(Protocol):
+    name: str
+    model: str
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        """Yield the model's text as it arrives; raise ProviderError on failure."""
+        ...

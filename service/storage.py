@@ -1,0 +1,534 @@
+"""SQLite storage: the schema, its migrations, and every SQL statement of the service.
+
+Two aiosqlite connections: one writer, driven only by the journal's writer loop (so
+transactions never interleave), and one reader for the HTTP reads and stream replays
+(WAL lets it read while the writer commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import orjson
+
+from service.events import Event, from_row, now_ms
+
+log = logging.getLogger(__name__)
+
+# Each entry moves the schema one version up; PRAGMA user_version holds the version.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        generation_id TEXT,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        status TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX messages_by_project ON messages(project_id, created_at);
+    CREATE TABLE generations (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        client_request_id TEXT,
+        prompt TEXT NOT NULL,
+        image_urls BLOB NOT NULL,
+        status TEXT NOT NULL,
+        stage TEXT,
+        progress INTEGER NOT NULL DEFAULT 0,
+        error_code TEXT,
+        error_message TEXT,
+        retryable INTEGER,
+        usage BLOB,
+        timings BLOB,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        user_message_id TEXT NOT NULL,
+        assistant_message_id TEXT NOT NULL,
+        first_event_id INTEGER,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        UNIQUE (project_id, client_request_id)
+    );
+    CREATE INDEX generations_by_status ON generations(status);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        generation_id TEXT,
+        type TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX events_by_project ON events(project_id, id);
+    CREATE INDEX events_by_generation ON events(generation_id, id);
+    CREATE TABLE files (
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        path TEXT NOT NULL,
+        content TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        generation_id TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project_id, path)
+    );
+    CREATE TABLE stream_sessions (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        generation_id TEXT,
+        peer TEXT,
+        user_agent TEXT,
+        cursor INTEGER,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        last_event_id INTEGER,
+        events_sent INTEGER NOT NULL DEFAULT 0,
+        close_reason TEXT
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+ACTIVE_STATUSES: Final = ("pending", "running")
+
+_GENERATION_COLUMNS: Final = (
+    "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
+    "error_code, error_message, retryable, usage, timings, provider, model, "
+    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
+)
+_EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
+
+
+class StorageError(Exception):
+    """The database could not do what was asked (busy, full, read-only, corrupt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    content: str
+    size: int
+    sha256: str
+
+    @staticmethod
+    def of(path: str, content: str) -> FileRecord:
+        raw = content.encode()
+        return FileRecord(path, content, len(raw), hashlib.sha256(raw).hexdigest())
+
+
+async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    # isolation_level=None: the writer loop issues BEGIN/COMMIT itself.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class Storage:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    @classmethod
+    async def open(cls, path: str, busy_timeout_ms: int = 5000) -> Storage:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path, busy_timeout_ms)
+        try:
+            mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if mode is None or mode[0] != "wal":
+                raise StorageError(f"{path}: SQLite refused WAL mode ({mode and mode[0]})")
+            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash
+            # may lose the last commits, never corrupt the file.
+            await writer.execute("PRAGMA synchronous = NORMAL")
+            await _migrate(writer)
+            reader = await _connect(path, busy_timeout_ms)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    # -- writes: only the journal's writer loop calls these -------------------------
+
+    def transaction(self) -> Tx:
+        return Tx(self._writer)
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._reader.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def max_event_id(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
+        return int(row[0]) if row else 0
+
+    async def project(self, project_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            "SELECT id, name, created_at FROM projects WHERE id = ?", (project_id,)
+        )
+        return await self._project_view(row) if row else None
+
+    async def projects(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT id, name, created_at FROM projects ORDER BY created_at, id")
+        return [await self._project_view(row) for row in rows]
+
+    async def _project_view(self, row: sqlite3.Row) -> dict[str, Any]:
+        active = await self._one(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            "WHERE project_id = ? AND status IN ('pending', 'running') "
+            "ORDER BY created_at DESC LIMIT 1",
+            (row["id"],),
+        )
+        last = await self._one(
+            "SELECT COALESCE(MAX(id), 0) FROM events WHERE project_id = ?", (row["id"],)
+        )
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "created_at": row["created_at"],
+            "status": "generating" if active else "idle",
+            "active_generation": _generation_view(active) if active else None,
+            "last_event_id": int(last[0]) if last else 0,
+        }
+
+    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?", (generation_id,)
+        )
+        return _generation_view(row) if row else None
+
+    async def active_generation_ids(self) -> list[str]:
+        rows = await self._all(
+            "SELECT id FROM generations WHERE status IN ('pending', 'running') ORDER BY created_at"
+        )
+        return [row["id"] for row in rows]
+
+    async def messages(self, project_id: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT id, project_id, generation_id, role, status, content, created_at, updated_at "
+            "FROM messages WHERE project_id = ? ORDER BY created_at, rowid",
+            (project_id,),
+        )
+        return [dict(row) for row in rows]
+
+    async def files(self, project_id: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT path, size, sha256, generation_id, updated_at FROM files "
+            "WHERE project_id = ? ORDER BY path",
+            (project_id,),
+        )
+        return [dict(row) for row in rows]
+
+    async def file(self, project_id: str, path: str) -> dict[str, Any] | None:
+        row = await self._one(
+            "SELECT path, content, size, sha256, generation_id, updated_at FROM files "
+            "WHERE project_id = ? AND path = ?",
+            (project_id, path),
+        )
+        return dict(row) if row else None
+
+    async def file_contents(self, project_id: str) -> list[FileRecord]:
+        rows = await self._all(
+            "SELECT path, content, size, sha256 FROM files WHERE project_id = ? ORDER BY path",
+            (project_id,),
+        )
+        return [FileRecord(r["path"], r["content"], r["size"], r["sha256"]) for r in rows]
+
+    async def events_after(
+        self, project_id: str, after: int, limit: int, generation_id: str | None = None
+    ) -> list[Event]:
+        if generation_id is None:
+            sql = (
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?"
+            )
+            params: tuple[Any, ...] = (project_id, after, limit)
+        else:
+            sql = (
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE generation_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?"
+            )
+            params = (generation_id, after, limit)
+        async with self._reader.execute(sql, params) as cursor:
+            return [from_row(*row) for row in await cursor.fetchall()]
+
+    async def stream_session(self, session_id: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM stream_sessions WHERE id = ?", (session_id,))
+        return dict(row) if row else None
+
+
+class Tx:
+    """Statements run inside the writer loop's open transaction."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def begin(self) -> None:
+        await self._conn.execute("BEGIN IMMEDIATE")
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            # SQLite already rolled back (e.g. after SQLITE_FULL); nothing is left open.
+            pass
+
+    async def savepoint(self) -> None:
+        await self._conn.execute("SAVEPOINT job")
+
+    async def release(self) -> None:
+        await self._conn.execute("RELEASE job")
+
+    async def rollback_to_savepoint(self) -> None:
+        await self._conn.execute("ROLLBACK TO job")
+        await self._conn.execute("RELEASE job")
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+        async with self._conn.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def insert_events(self, events: Iterable[Event]) -> None:
+        await self._conn.executemany(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.id, e.project_id, e.generation_id, e.type, e.ts, e.data) for e in events],
+        )
+
+    async def insert_project(self, project_id: str, name: str, created_at: int) -> None:
+        await self._conn.execute(
+            "INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)",
+            (project_id, name, created_at),
+        )
+
+    async def project_exists(self, project_id: str) -> bool:
+        return await self._one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is not None
+
+    async def insert_message(
+        self,
+        message_id: str,
+        project_id: str,
+        generation_id: str,
+        role: str,
+        status: str,
+        content: str,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO messages (id, project_id, generation_id, role, status, content, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, project_id, generation_id, role, status, content, at, at),
+        )
+
+    async def update_message(self, message_id: str, status: str, content: str | None) -> None:
+        await self._conn.execute(
+            "UPDATE messages SET status = ?, content = COALESCE(?, content), updated_at = ? "
+            "WHERE id = ?",
+            (status, content, now_ms(), message_id),
+        )
+
+    async def generation_by_request(
+        self, project_id: str, client_request_id: str
+    ) -> dict[str, Any] | None:
+        row = await self._one(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            "WHERE project_id = ? AND client_request_id = ?",
+            (project_id, client_request_id),
+        )
+        return _generation_view(row) if row else None
+
+    async def active_generation(self, project_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            "WHERE project_id = ? AND status IN ('pending', 'running') LIMIT 1",
+            (project_id,),
+        )
+        return _generation_view(row) if row else None
+
+    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?", (generation_id,)
+        )
+        return _generation_view(row) if row else None
+
+    async def insert_generation(
+        self,
+        *,
+        generation_id: str,
+        project_id: str,
+        client_request_id: str | None,
+        prompt: str,
+        image_urls: list[str],
+        provider: str,
+        model: str,
+        user_message_id: str,
+        assistant_message_id: str,
+        first_event_id: int,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO generations (id, project_id, client_request_id, prompt, image_urls, "
+            "status, provider, model, user_message_id, assistant_message_id, first_event_id, "
+            "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            (
+                generation_id,
+                project_id,
+                client_request_id,
+                prompt,
+                orjson.dumps(image_urls),
+                provider,
+                model,
+                user_message_id,
+                assistant_message_id,
+                first_event_id,
+                at,
+            ),
+        )
+
+    async def update_generation(self, generation_id: str, **fields: Any) -> None:
+        allowed = {
+            "status",
+            "stage",
+            "progress",
+            "error_code",
+            "error_message",
+            "retryable",
+            "usage",
+            "timings",
+            "started_at",
+            "finished_at",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not a generation column: {sorted(unknown)}")
+        values = [
+            orjson.dumps(v) if k in ("usage", "timings") and v is not None else v
+            for k, v in fields.items()
+        ]
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        await self._conn.execute(
+            f"UPDATE generations SET {assignments} WHERE id = ?", (*values, generation_id)
+        )
+
+    async def upsert_files(
+        self, project_id: str, generation_id: str, files: Iterable[FileRecord]
+    ) -> None:
+        at = now_ms()
+        await self._conn.executemany(
+            "INSERT INTO files (project_id, path, content, size, sha256, generation_id, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project_id, path) DO UPDATE "
+            "SET content = excluded.content, size = excluded.size, sha256 = excluded.sha256, "
+            "generation_id = excluded.generation_id, updated_at = excluded.updated_at",
+            [(project_id, f.path, f.content, f.size, f.sha256, generation_id, at) for f in files],
+        )
+
+    async def open_session(
+        self,
+        session_id: str,
+        key: str,
+        project_id: str,
+        generation_id: str | None,
+        peer: str | None,
+        user_agent: str | None,
+        cursor: int | None,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO stream_sessions (id, key, project_id, generation_id, peer, user_agent, "
+            "cursor, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, key, project_id, generation_id, peer, user_agent, cursor, at),
+        )
+
+    async def close_session(
+        self, session_id: str, last_event_id: int | None, events_sent: int, reason: str, at: int
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE stream_sessions SET ended_at = ?, last_event_id = ?, events_sent = ?, "
+            "close_reason = ? WHERE id = ?",
+            (at, last_event_id, events_sent, reason, session_id),
+        )
+
+    async def close_open_sessions(self, reason: str, at: int) -> None:
+        await self._conn.execute(
+            "UPDATE stream_sessions SET ended_at = ?, close_reason = ? WHERE ended_at IS NULL",
+            (at, reason),
+        )
+
+
+def _generation_view(row: sqlite3.Row) -> dict[str, Any]:
+    error = None
+    if row["error_code"] is not None:
+        error = {
+            "code": row["error_code"],
+            "message": row["error_message"],
+            "retryable": bool(row["retryable"]),
+        }
+    return {
+        "id": row["id"],
+        "project_id": row["project_id"],
+        "client_request_id": row["client_request_id"],
+        "prompt": row["prompt"],
+        "image_urls": orjson.loads(row["image_urls"]),
+        "status": row["status"],
+        "stage": row["stage"],
+        "progress": row["progress"],
+        "error": error,
+        "usage": orjson.loads(row["usage"]) if row["usage"] else None,
+        "timings": orjson.loads(row["timings"]) if row["timings"] else None,
+        "provider": row["provider"],
+        "model": row["model"],
+        "user_message_id": row["user_message_id"],
+        "assistant_message_id": row["assistant_message_id"],
+        "first_event_id": row["first_event_id"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+    }
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"the database is at schema version {version}, newer than this code "
+            f"({SCHEMA_VERSION}); upgrade genstream"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number + 1}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        log.info("database migrated to schema version %d", number + 1)
