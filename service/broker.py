@@ -69,16 +69,16 @@ class Subscriber:
         self.pending.clear()
         return events
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, quiet_seconds: float) -> bool:
         """Wait until there is something to take or the subscription closed.
 
-        Returns False when `timeout` seconds passed in quiet (time for a heartbeat).
+        Returns False when `quiet_seconds` passed with nothing to take (time for a heartbeat).
         """
         if self.pending or self.closed is not None:
             return True
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = loop.call_later(quiet_seconds, _expire, waiter)
         try:
             await waiter
         finally:

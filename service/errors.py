@@ -9,7 +9,12 @@ class ApiError(Exception):
     """Raised once where the problem is found; the error middleware turns it into JSON."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
         **details: Any,
     ) -> None:
         super().__init__(message)

@@ -7,6 +7,7 @@ transactions never interleave), and one reader for the HTTP reads and stream rep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -111,6 +112,9 @@ _GENERATION_COLUMNS: Final = (
     "error_code, error_message, retryable, usage, timings, provider, model, "
     "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
 )
+_MESSAGE_COLUMNS: Final = (
+    "id, project_id, generation_id, role, status, content, created_at, updated_at"
+)
 _EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 
 
@@ -187,6 +191,12 @@ class Storage:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
         return int(row[0]) if row else 0
 
+    async def project_last_event_id(self, project_id: str) -> int:
+        row = await self._one(
+            "SELECT COALESCE(MAX(id), 0) FROM events WHERE project_id = ?", (project_id,)
+        )
+        return int(row[0]) if row else 0
+
     async def project(self, project_id: str) -> dict[str, Any] | None:
         row = await self._one(
             "SELECT id, name, created_at FROM projects WHERE id = ?", (project_id,)
@@ -204,16 +214,13 @@ class Storage:
             "ORDER BY created_at DESC LIMIT 1",
             (row["id"],),
         )
-        last = await self._one(
-            "SELECT COALESCE(MAX(id), 0) FROM events WHERE project_id = ?", (row["id"],)
-        )
         return {
             "id": row["id"],
             "name": row["name"],
             "created_at": row["created_at"],
             "status": "generating" if active else "idle",
             "active_generation": _generation_view(active) if active else None,
-            "last_event_id": int(last[0]) if last else 0,
+            "last_event_id": await self.project_last_event_id(row["id"]),
         }
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
@@ -230,8 +237,8 @@ class Storage:
 
     async def messages(self, project_id: str) -> list[dict[str, Any]]:
         rows = await self._all(
-            "SELECT id, project_id, generation_id, role, status, content, created_at, updated_at "
-            "FROM messages WHERE project_id = ? ORDER BY created_at, rowid",
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE project_id = ? "
+            "ORDER BY created_at, rowid",
             (project_id,),
         )
         return [dict(row) for row in rows]
@@ -295,11 +302,9 @@ class Tx:
         await self._conn.execute("COMMIT")
 
     async def rollback(self) -> None:
-        try:
+        # SQLite may have rolled back already (after SQLITE_FULL, say): nothing is open.
+        with contextlib.suppress(sqlite3.OperationalError):
             await self._conn.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            # SQLite already rolled back (e.g. after SQLITE_FULL); nothing is left open.
-            pass
 
     async def savepoint(self) -> None:
         await self._conn.execute("SAVEPOINT job")
@@ -345,6 +350,12 @@ class Tx:
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (message_id, project_id, generation_id, role, status, content, at, at),
         )
+
+    async def message(self, message_id: str) -> dict[str, Any] | None:
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        )
+        return dict(row) if row else None
 
     async def update_message(self, message_id: str, status: str, content: str | None) -> None:
         await self._conn.execute(

@@ -1,0 +1,162 @@
+"""The aiohttp application: routes, middleware, and the lifetime of the services."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from service.api import json_response, routes
+from service.broker import Broker, Closed
+from service.config import Settings
+from service.connections import Connections
+from service.context import SERVICES, Services
+from service.errors import ApiError
+from service.events import now_ms
+from service.generation import Generations
+from service.journal import Emit, Journal
+from service.providers import make_provider
+from service.storage import Storage, Tx
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STATIC_DIR: Final = Path(__file__).parent / "static"
+# Routes EventSource opens: it cannot send headers, so these also take ?token=.
+TOKEN_QUERY_SUFFIXES: Final = ("/stream",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES: Final = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become JSON: {"error": {"code", "message"}}."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = json_response(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 413:
+            limit = request.app[SETTINGS].server.max_body_bytes
+            message = f"the request body is larger than {limit} bytes"
+        response = json_response({"error": {"code": code, "message": message}}, exc.status)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": {"code": "internal_error", "message": "an internal error occurred"}}
+        return json_response(body, status=500)
+
+
+def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    expected = token.encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            given = _presented_token(request)
+            # Constant-time comparison: the time taken says nothing about the token.
+            if given is None or not hmac.compare_digest(given.encode(), expected):
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "a valid token is required: Authorization: Bearer <token>",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return auth
+
+
+def _presented_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    if request.path.endswith(TOKEN_QUERY_SUFFIXES):
+        return request.query.get("token")
+    return None
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    storage = await Storage.open(settings.storage.path, settings.storage.busy_timeout_ms)
+    broker = Broker(settings.stream.queue_size)
+    journal = await Journal.start(storage, broker)
+    generations = Generations(
+        storage,
+        journal,
+        make_provider(settings),
+        max_concurrent=settings.generation.max_concurrent,
+        timeout_seconds=settings.generation.timeout_seconds,
+    )
+    app[SERVICES] = Services(
+        settings=settings,
+        storage=storage,
+        broker=broker,
+        journal=journal,
+        connections=Connections(
+            settings.stream.max_streams, settings.stream.max_streams_per_project
+        ),
+        generations=generations,
+    )
+    try:
+        await journal.transact(_close_stale_sessions)
+        await generations.recover()
+        yield
+    finally:
+        await generations.close()
+        await journal.close()
+        await storage.close()
+
+
+async def _close_stale_sessions(tx: Tx, emit: Emit) -> None:
+    await tx.close_open_sessions("server_restart", now_ms())
+
+
+async def _say_goodbye(app: web.Application) -> None:
+    """On shutdown every open stream sends a goodbye comment and closes, so clients
+    reconnect (to the next process) instead of waiting on a dead socket."""
+    app[SERVICES].broker.close_all(Closed.SHUTDOWN)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def create_app(settings: Settings) -> web.Application:
+    middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    if settings.auth.token:
+        middlewares.append(_auth_middleware(settings.auth.token))
+    app = web.Application(
+        middlewares=middlewares,  # type: ignore[arg-type]
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services_ctx)
+    app.on_shutdown.append(_say_goodbye)
+    app.add_routes(routes)
+    if (STATIC_DIR / "index.html").exists():
+        app.router.add_get("/", index)
+        app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    return app

@@ -1,0 +1,30 @@
+"""What the application holds, under one typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from service.broker import Broker
+from service.config import Settings
+from service.connections import Connections
+from service.journal import Journal
+from service.storage import Storage
+
+if TYPE_CHECKING:
+    from service.generation import Generations
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    broker: Broker
+    journal: Journal
+    connections: Connections
+    generations: Generations
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,517 @@
+"""Generations: created in one transaction, run as background tasks, always ended.
+
+A generation's task walks the stage pipeline, streams the provider's text through the
+output parser into the journal, and ends in exactly one terminal event. Every state
+change is one transaction that carries its events, so the database never holds a
+generation whose status and event log disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from service import events as ev
+from service import pipeline
+from service.errors import ApiError, not_found
+from service.events import Draft, now_ms
+from service.journal import Emit, Journal
+from service.parser import (
+    FileCompleted,
+    FileDelta,
+    FileRejected,
+    FileStarted,
+    Item,
+    OutputParser,
+    TextDelta,
+)
+from service.pipeline import Stage
+from service.providers.base import ModelRequest, Provider, ProviderError, Usage
+from service.storage import FileRecord, Storage, Tx
+from service.validation import check_file
+
+log = logging.getLogger(__name__)
+
+PENDING_CONTENT: Final = "Generating code..."
+INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    generation: dict[str, Any]
+    user_message: dict[str, Any]
+    assistant_message: dict[str, Any]
+    created: bool  # False when client_request_id matched an earlier submission
+
+
+@dataclass
+class _Run:
+    """What one running generation has produced so far."""
+
+    generation_id: str
+    project_id: str
+    assistant_message_id: str
+    parser: OutputParser = field(default_factory=OutputParser)
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    stage_started: float = field(default_factory=time.perf_counter)
+    stage_ms: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    first_token_ms: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    progress: int = 0
+
+    def draft(self, type_: str, **payload: Any) -> Draft:
+        return Draft(self.project_id, self.generation_id, type_, payload)
+
+    def end_stage(self, stage: Stage) -> None:
+        now = time.perf_counter()
+        self.stage_ms[stage.id] = round((now - self.stage_started) * 1000)
+        self.stage_started = now
+
+    def timings(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        generating_s = self.stage_ms.get(pipeline.GENERATING.id, 0) / 1000
+        tokens = self.usage.completion_tokens
+        return {
+            "total_ms": round(total * 1000),
+            "first_token_ms": self.first_token_ms,
+            "tokens_per_second": round(tokens / generating_s, 1) if generating_s > 0 else None,
+            "stages": dict(self.stage_ms),
+        }
+
+
+class Generations:
+    def __init__(
+        self,
+        storage: Storage,
+        journal: Journal,
+        provider: Provider,
+        *,
+        max_concurrent: int,
+        timeout_seconds: float,
+    ) -> None:
+        self._storage = storage
+        self._journal = journal
+        self._provider = provider
+        self._timeout = timeout_seconds
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    # -- submit ---------------------------------------------------------------------
+
+    async def submit(
+        self,
+        project_id: str,
+        prompt: str,
+        image_urls: list[str],
+        client_request_id: str | None,
+    ) -> Submission:
+        provider, model = self._provider.name, self._provider.model
+
+        async def create(tx: Tx, emit: Emit) -> Submission:
+            if not await tx.project_exists(project_id):
+                raise not_found("project", project_id)
+            if client_request_id is not None:
+                earlier = await tx.generation_by_request(project_id, client_request_id)
+                if earlier is not None:
+                    return await _resubmission(tx, earlier, prompt, image_urls)
+            running = await tx.active_generation(project_id)
+            if running is not None:
+                raise ApiError(
+                    409,
+                    "generation_running",
+                    f"generation {running['id']} is still running in this project; "
+                    "cancel it or wait for it to end",
+                    generation_id=running["id"],
+                )
+            at = now_ms()
+            gid = new_id("gen")
+            user = _message(project_id, gid, "user", "complete", prompt, at)
+            assistant = _message(project_id, gid, "assistant", "pending", PENDING_CONTENT, at)
+            first = emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": user}, at))
+            emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": assistant}, at))
+            for message in (user, assistant):
+                await tx.insert_message(
+                    message["id"],
+                    project_id,
+                    gid,
+                    message["role"],
+                    message["status"],
+                    message["content"],
+                    at,
+                )
+            await tx.insert_generation(
+                generation_id=gid,
+                project_id=project_id,
+                client_request_id=client_request_id,
+                prompt=prompt,
+                image_urls=image_urls,
+                provider=provider,
+                model=model,
+                user_message_id=user["id"],
+                assistant_message_id=assistant["id"],
+                first_event_id=first.id,
+                at=at,
+            )
+            generation = await tx.generation(gid)
+            assert generation is not None
+            return Submission(generation, user, assistant, created=True)
+
+        submission = await self._journal.transact(create)
+        if submission.created:
+            self._start(submission.generation)
+        return submission
+
+    def _start(self, generation: dict[str, Any]) -> None:
+        gid = generation["id"]
+        task = asyncio.create_task(self._run(generation), name=f"generation-{gid}")
+        self._tasks[gid] = task
+        task.add_done_callback(lambda _: self._tasks.pop(gid, None))
+
+    # -- cancel, recover, close -------------------------------------------------------
+
+    async def cancel(self, generation_id: str) -> dict[str, Any]:
+        """Cancel a generation; cancelling one that has ended changes nothing."""
+        task = self._tasks.get(generation_id)
+        if task is not None:
+            self._cancel_requested.add(generation_id)
+            task.cancel()
+            # The task writes generation.cancelled before it ends; wait for that so the
+            # reply shows the final state.
+            await asyncio.wait({task})
+        generation = await self._storage.generation(generation_id)
+        if generation is None:
+            raise not_found("generation", generation_id)
+        return generation
+
+    async def recover(self) -> list[str]:
+        """Finish generations a previous process left running: failed, `interrupted`."""
+        stale = await self._storage.active_generation_ids()
+        for gid in stale:
+            generation = await self._storage.generation(gid)
+            if generation is None:
+                continue
+            run = _Run(gid, generation["project_id"], generation["assistant_message_id"])
+            await self._fail(run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True))
+            log.warning("generation %s was left running by a previous process: failed", gid)
+        return stale
+
+    async def close(self) -> None:
+        """Stop every running generation; each ends as failed with code `interrupted`."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- the run --------------------------------------------------------------------
+
+    async def _run(self, generation: dict[str, Any]) -> None:
+        run = _Run(generation["id"], generation["project_id"], generation["assistant_message_id"])
+        try:
+            async with self._slots:
+                run.started = run.stage_started = time.perf_counter()
+                async with asyncio.timeout(self._timeout):
+                    await self._pipeline(run, generation)
+        except asyncio.CancelledError:
+            if run.generation_id in self._cancel_requested:
+                self._cancel_requested.discard(run.generation_id)
+                await self._finish_cancelled(run)
+            else:
+                await self._fail(run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True))
+        except TimeoutError:
+            message = f"the generation took longer than {self._timeout:g} s"
+            await self._fail(run, ProviderError("timeout", message, True))
+        except ProviderError as exc:
+            await self._fail(run, exc)
+        except ApiError as exc:  # the journal refused a write (shutting down, disk)
+            log.error("generation %s could not be journaled: %s", run.generation_id, exc)
+        except Exception:
+            log.exception("generation %s failed unexpectedly", run.generation_id)
+            await self._fail(run, ProviderError("internal_error", "an internal error", False))
+
+    async def _pipeline(self, run: _Run, generation: dict[str, Any]) -> None:
+        await self._begin(run)
+        request = await self._plan(run, generation)
+        await self._generate(run, request)
+        await self._validate(run)
+        await self._complete(run)
+
+    async def _begin(self, run: _Run) -> None:
+        provider, model = self._provider.name, self._provider.model
+
+        async def start(tx: Tx, emit: Emit) -> None:
+            await tx.update_generation(
+                run.generation_id, status="running", started_at=now_ms(), stage="planning"
+            )
+            emit(
+                run.draft(
+                    ev.GENERATION_STARTED,
+                    stages=pipeline.describe(),
+                    provider=provider,
+                    model=model,
+                )
+            )
+            emit(_stage_draft(run, pipeline.PLANNING, "active", 0))
+
+        await self._journal.transact(start)
+
+    async def _plan(self, run: _Run, generation: dict[str, Any]) -> ModelRequest:
+        files = await self._storage.file_contents(run.project_id)
+        history = tuple(
+            (m["role"], m["content"])
+            for m in await self._storage.messages(run.project_id)
+            if m["generation_id"] != run.generation_id and m["status"] in ("complete", "success")
+        )
+        request = ModelRequest(
+            prompt=generation["prompt"],
+            image_urls=tuple(generation["image_urls"]),
+            files=tuple(files),
+            history=history,
+        )
+        await self._stage(run, pipeline.PLANNING, "complete", 1.0)
+        await self._stage(run, pipeline.GENERATING, "active", 0.0)
+        return request
+
+    async def _generate(self, run: _Run, request: ModelRequest) -> None:
+        step = pipeline.PROGRESS_STEP
+        async for chunk in self._provider.stream(request):
+            if chunk.usage is not None:
+                run.usage = chunk.usage
+            if chunk.text:
+                if run.first_token_ms is None:
+                    run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
+                drafts = self._drafts(run, run.parser.feed(chunk.text))
+                if drafts:
+                    await self._journal.append(*drafts)
+            if chunk.progress is not None:
+                overall = pipeline.GENERATING.at(chunk.progress)
+                if overall - run.progress >= step:
+                    await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
+        drafts = self._drafts(run, run.parser.finish())
+        if drafts:
+            await self._journal.append(*drafts)
+        await self._stage(run, pipeline.GENERATING, "complete", 1.0)
+
+    def _drafts(self, run: _Run, items: list[Item]) -> list[Draft]:
+        drafts: list[Draft] = []
+        for item in items:
+            if isinstance(item, TextDelta):
+                drafts.append(
+                    run.draft(
+                        ev.MESSAGE_DELTA, message_id=run.assistant_message_id, delta=item.text
+                    )
+                )
+            elif isinstance(item, FileStarted):
+                drafts.append(run.draft(ev.FILE_STARTED, path=item.path))
+            elif isinstance(item, FileDelta):
+                drafts.append(
+                    run.draft(ev.FILE_DELTA, path=item.path, delta=item.text, line=item.line)
+                )
+            elif isinstance(item, FileCompleted):
+                run.files[item.path] = FileRecord(item.path, item.content, item.size, item.sha256)
+                drafts.append(
+                    run.draft(ev.FILE_COMPLETED, path=item.path, size=item.size, sha256=item.sha256)
+                )
+            elif isinstance(item, FileRejected):
+                drafts.append(
+                    run.draft(
+                        ev.VALIDATION, check="path", ok=False, detail=item.reason, path=item.path
+                    )
+                )
+        return drafts
+
+    async def _validate(self, run: _Run) -> None:
+        await self._stage(run, pipeline.VALIDATING, "active", 0.0)
+        drafts = []
+        for file in run.files.values():
+            result = check_file(file)
+            if result is not None:
+                drafts.append(
+                    run.draft(
+                        ev.VALIDATION,
+                        check=result.check,
+                        ok=result.ok,
+                        detail=result.detail,
+                        path=result.path,
+                    )
+                )
+        if drafts:
+            await self._journal.append(*drafts)
+        await self._stage(run, pipeline.VALIDATING, "complete", 1.0)
+
+    async def _complete(self, run: _Run) -> None:
+        text = run.parser.text.strip()
+        files = list(run.files.values())
+        summary = _summary(files)
+        usage = run.usage.as_dict()
+        timings = run.timings()
+
+        async def finish(tx: Tx, emit: Emit) -> None:
+            await tx.upsert_files(run.project_id, run.generation_id, files)
+            await tx.update_message(run.assistant_message_id, "success", text)
+            await tx.update_generation(
+                run.generation_id,
+                status="completed",
+                stage=pipeline.COMPLETE.id,
+                progress=100,
+                usage=usage,
+                timings=timings,
+                finished_at=now_ms(),
+            )
+            emit(
+                run.draft(
+                    ev.MESSAGE_UPDATED,
+                    message=_message_update(run.assistant_message_id, "success", text),
+                )
+            )
+            emit(_stage_draft(run, pipeline.COMPLETE, "complete", 100))
+            emit(run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings))
+
+        await self._journal.transact(finish)
+
+    async def _stage(self, run: _Run, stage: Stage, status: str, fraction: float) -> None:
+        progress = stage.at(fraction)
+        if status == "complete":
+            run.end_stage(stage)
+
+        async def record(tx: Tx, emit: Emit) -> None:
+            await tx.update_generation(run.generation_id, stage=stage.id, progress=progress)
+            emit(_stage_draft(run, stage, status, progress))
+
+        await self._journal.transact(record)
+        run.progress = progress
+
+    # -- endings --------------------------------------------------------------------
+
+    async def _fail(self, run: _Run, error: ProviderError) -> None:
+        payload = {"code": error.code, "message": error.message, "retryable": error.retryable}
+        await self._end(
+            run,
+            status="failed",
+            message_status="error",
+            terminal=run.draft(ev.GENERATION_FAILED, **payload),
+            error=error,
+        )
+
+    async def _finish_cancelled(self, run: _Run) -> None:
+        await self._end(
+            run,
+            status="cancelled",
+            message_status="cancelled",
+            terminal=run.draft(ev.GENERATION_CANCELLED),
+            error=None,
+        )
+
+    async def _end(
+        self,
+        run: _Run,
+        *,
+        status: str,
+        message_status: str,
+        terminal: Draft,
+        error: ProviderError | None,
+    ) -> None:
+        # The text streamed so far stays in the event log and becomes the message.
+        text = run.parser.text.strip()
+        timings = run.timings()
+
+        async def end(tx: Tx, emit: Emit) -> None:
+            current = await tx.generation(run.generation_id)
+            if current is None or current["status"] not in ("pending", "running"):
+                return  # already ended: one terminal event per generation, never two
+            await tx.update_message(run.assistant_message_id, message_status, text)
+            await tx.update_generation(
+                run.generation_id,
+                status=status,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                retryable=error.retryable if error else None,
+                timings=timings,
+                finished_at=now_ms(),
+            )
+            emit(
+                run.draft(
+                    ev.MESSAGE_UPDATED,
+                    message=_message_update(run.assistant_message_id, message_status, text),
+                )
+            )
+            emit(terminal)
+
+        try:
+            await _uncancellable(self._journal.transact(end))
+        except ApiError as exc:
+            log.error("could not record the end of generation %s: %s", run.generation_id, exc)
+
+
+async def _uncancellable(future: asyncio.Future[None]) -> None:
+    """Wait for a write that must land even while the waiting task is being cancelled."""
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await future
+        raise
+
+
+async def _resubmission(
+    tx: Tx, earlier: dict[str, Any], prompt: str, image_urls: list[str]
+) -> Submission:
+    if earlier["prompt"] != prompt or earlier["image_urls"] != image_urls:
+        raise ApiError(
+            409,
+            "client_request_id_reused",
+            "client_request_id was already used for a different prompt",
+            generation_id=earlier["id"],
+        )
+    messages = {}
+    for key in ("user_message_id", "assistant_message_id"):
+        row = await tx.message(earlier[key])
+        assert row is not None
+        messages[key] = row
+    return Submission(
+        earlier, messages["user_message_id"], messages["assistant_message_id"], created=False
+    )
+
+
+def _message(
+    project_id: str, generation_id: str, role: str, status: str, content: str, at: int
+) -> dict[str, Any]:
+    """A new message, in the shape the messages API returns."""
+    return {
+        "id": new_id("msg"),
+        "project_id": project_id,
+        "generation_id": generation_id,
+        "role": role,
+        "status": status,
+        "content": content,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def _message_update(message_id: str, status: str, content: str) -> dict[str, Any]:
+    return {"id": message_id, "status": status, "content": content}
+
+
+def _stage_draft(run: _Run, stage: Stage, status: str, progress: int) -> Draft:
+    return run.draft(ev.STAGE, stage=stage.id, label=stage.label, status=status, progress=progress)
+
+
+def _summary(files: list[FileRecord]) -> str:
+    if not files:
+        return "No files written."
+    names = ", ".join(f.path for f in files)
+    return f"Wrote {len(files)} file{'s' if len(files) != 1 else ''}: {names}"

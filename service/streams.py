@@ -1,0 +1,241 @@
+"""The SSE stream handler: subscribe, replay from SQLite, then follow the topic live.
+
+A stream ends in one of five ways, each recorded on its streaming session:
+`client_gone` (the client left; aiohttp cancels the handler because the runner has
+handler_cancellation=True), `completed` (a generation stream sent its terminal event),
+`slow_client` (its buffer overflowed: cut off, it resumes from SQLite), `shutdown`
+(the server is stopping: a goodbye comment, then close) and `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from service import sse
+from service.broker import Closed, Subscriber
+from service.context import Services
+from service.errors import bad_request
+from service.events import Event, now_ms
+from service.journal import Emit, TxFunction
+from service.storage import ACTIVE_STATUSES, Tx
+
+log = logging.getLogger(__name__)
+
+CURSOR_PARAM = "last_event_id"
+GOODBYE = sse.comment("server shutting down, reconnect")
+TOO_SLOW = sse.comment("too far behind, reconnect to resume")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTarget:
+    """What a stream follows: a project's feed, or one generation within it."""
+
+    project_id: str
+    generation_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.generation_id is not None:
+            return f"generation:{self.generation_id}"
+        return f"project:{self.project_id}"
+
+    def wants(self, event: Event) -> bool:
+        return self.generation_id is None or event.generation_id == self.generation_id
+
+
+def parse_cursor(request: web.Request) -> int | None:
+    """Last-Event-ID, else ?last_event_id=; the header wins when both are there."""
+    raw = request.headers.get("Last-Event-ID")
+    field = "Last-Event-ID"
+    if raw is None:
+        raw = request.query.get(CURSOR_PARAM)
+        field = CURSOR_PARAM
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit():
+        raise bad_request(field, f"must be a non-negative integer event id, got {raw[:40]!r}")
+    return int(raw)
+
+
+@dataclass
+class _Progress:
+    last_id: int
+    sent: int = 0
+    done: bool = False
+    writing: bool = False
+
+
+async def stream(
+    request: web.Request, services: Services, target: StreamTarget, start_after: int | None
+) -> web.StreamResponse:
+    """Serve `target` as SSE, starting after event `start_after` (None: live from now)."""
+    settings = services.settings.stream
+    services.connections.open(target.key, target.project_id)
+    # Subscribe before reading SQLite: whatever commits after the replay's read is
+    # already queued for us, and what both deliver is dropped by id.
+    subscriber = services.broker.subscribe(target.project_id)
+    session_id = uuid.uuid4().hex
+    progress = _Progress(last_id=start_after or 0)
+    reason = "error"
+    try:
+        response = web.StreamResponse(headers=sse.HEADERS)
+        await response.prepare(request)
+        subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
+        # First bytes at once: EventSource fires `open` and proxies see a live response.
+        await response.write(sse.retry(settings.retry_ms) + sse.comment("connected"))
+        _record_open(services, session_id, request, target, start_after)
+        if start_after is None:
+            progress.last_id = await services.storage.project_last_event_id(target.project_id)
+        await _replay(response, services, target, progress)
+        if not progress.done and await _generation_over(services, target):
+            # The terminal event commits with the status: read once more for it (it may
+            # have landed after the first read), then nothing more can come.
+            await _replay(response, services, target, progress)
+            progress.done = True
+        if not progress.done:
+            reason = await _follow(
+                response, subscriber, target, progress, settings.heartbeat_seconds
+            )
+        else:
+            reason = "completed"
+        if reason == Closed.SHUTDOWN.value:
+            await response.write(GOODBYE)
+        elif reason == Closed.SLOW_CLIENT.value:
+            await response.write(TOO_SLOW)
+        await response.write_eof()
+        return response
+    except asyncio.CancelledError:
+        reason = _closed_reason(subscriber, "client_gone")
+        raise
+    except ConnectionError:
+        reason = _closed_reason(subscriber, "client_gone")
+        return web.StreamResponse()  # nothing more can be sent; aiohttp closes the socket
+    finally:
+        services.broker.unsubscribe(subscriber)
+        services.connections.close(target.key, target.project_id)
+        _record_close(services, session_id, progress, reason)
+
+
+def _abort_if_stuck(request: web.Request, progress: _Progress) -> None:
+    # A handler waiting on a write to a client that stopped reading never sees the
+    # overflow; only dropping the connection frees it. One that is not writing ends the
+    # stream itself, cleanly.
+    if progress.writing and request.transport is not None:
+        request.transport.abort()
+
+
+def _closed_reason(subscriber: Subscriber, default: str) -> str:
+    return subscriber.closed.value if subscriber.closed is not None else default
+
+
+async def _replay(
+    response: web.StreamResponse, services: Services, target: StreamTarget, progress: _Progress
+) -> None:
+    page = services.settings.stream.replay_page
+    while True:
+        events = await services.storage.events_after(
+            target.project_id, progress.last_id, page, target.generation_id
+        )
+        if events:
+            await _send(response, events, target, progress)
+        if len(events) < page or progress.done:
+            return
+
+
+async def _generation_over(services: Services, target: StreamTarget) -> bool:
+    if target.generation_id is None:
+        return False
+    generation = await services.storage.generation(target.generation_id)
+    return generation is not None and generation["status"] not in ACTIVE_STATUSES
+
+
+async def _follow(
+    response: web.StreamResponse,
+    subscriber: Subscriber,
+    target: StreamTarget,
+    progress: _Progress,
+    heartbeat: float,
+) -> str:
+    while True:
+        ready = await subscriber.wait(heartbeat)
+        if subscriber.closed is not None:
+            return subscriber.closed.value
+        if not ready:
+            await _write(response, progress, sse.PING)
+            continue
+        await _send(response, subscriber.take(), target, progress)
+        if progress.done:
+            return "completed"
+
+
+async def _send(
+    response: web.StreamResponse, events: list[Event], target: StreamTarget, progress: _Progress
+) -> None:
+    """Write every new event of the batch in one write; drop what was already sent."""
+    frames: list[bytes] = []
+    for event in events:
+        if event.id <= progress.last_id or not target.wants(event):
+            continue
+        frames.append(event.frame)
+        progress.last_id = event.id
+        if target.generation_id is not None and event.terminal:
+            progress.done = True
+            break
+    if frames:
+        progress.sent += len(frames)
+        await _write(response, progress, b"".join(frames))
+
+
+async def _write(response: web.StreamResponse, progress: _Progress, data: bytes) -> None:
+    progress.writing = True
+    try:
+        await response.write(data)
+    finally:
+        progress.writing = False
+
+
+def _record_open(
+    services: Services,
+    session_id: str,
+    request: web.Request,
+    target: StreamTarget,
+    cursor: int | None,
+) -> None:
+    peer = request.remote
+    agent = request.headers.get("User-Agent")
+    at = now_ms()
+
+    async def write(tx: Tx, emit: Emit) -> None:
+        await tx.open_session(
+            session_id, target.key, target.project_id, target.generation_id, peer, agent, cursor, at
+        )
+
+    _background(services, write)
+
+
+def _record_close(services: Services, session_id: str, progress: _Progress, reason: str) -> None:
+    at = now_ms()
+
+    async def write(tx: Tx, emit: Emit) -> None:
+        await tx.close_session(session_id, progress.last_id or None, progress.sent, reason, at)
+
+    _background(services, write)
+
+
+def _background(services: Services, fn: TxFunction[None]) -> None:
+    """Session bookkeeping must not delay the stream: queue it, log a failure."""
+    if services.journal.closing:
+        return
+    future = services.journal.transact(fn)
+    future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not record a streaming session: %s", future.exception())

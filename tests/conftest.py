@@ -1,0 +1,116 @@
+"""Fixtures: a real genstream server on a loopback port, over a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service.config import Settings
+from service.context import SERVICES, Services
+from service.server import RunningServer, start
+
+LOOPBACK = "127.0.0.1"
+
+
+class Genstream:
+    """A running server and an HTTP client pointed at it."""
+
+    def __init__(self, server: RunningServer, session: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = session
+        self.url = f"http://{LOOPBACK}:{server.port}"
+
+    @property
+    def services(self) -> Services:
+        return self.server.runner.app[SERVICES]
+
+    async def json(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+        async with self.http.request(method, self.url + path, **kwargs) as response:
+            body = await response.json()
+            assert response.status == status, (response.status, body)
+            return body
+
+    async def new_project(self, name: str = "test") -> str:
+        project = await self.json("POST", "/api/projects", status=201, json={"name": name})
+        project_id: str = project["id"]
+        return project_id
+
+    async def generate(self, project_id: str, prompt: str = "a todo api", **body: Any) -> Any:
+        return await self.json(
+            "POST",
+            f"/api/projects/{project_id}/generations",
+            status=202,
+            json={"prompt": prompt, **body},
+        )
+
+    async def events(self, project_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Every stored event of the project after `after`, paging through /events."""
+        collected: list[dict[str, Any]] = []
+        while True:
+            page = await self.json(
+                "GET", f"/api/projects/{project_id}/events?after={after}&limit=1000"
+            )
+            collected.extend(page["events"])
+            after = page["last_event_id"]
+            if not page["has_more"]:
+                return collected
+
+    async def wait_generation(self, generation_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Follow the generation's stream to its end; return its final state."""
+        async with (
+            asyncio.timeout(timeout),
+            self.http.get(f"{self.url}/api/generations/{generation_id}/stream") as response,
+        ):
+            await response.read()
+        generation: dict[str, Any] = await self.json("GET", f"/api/generations/{generation_id}")
+        return generation
+
+
+def base_settings(tmp_path: Path) -> Settings:
+    return Settings().replace(
+        server={"host": LOOPBACK, "shutdown_grace_seconds": 2},
+        storage={"path": str(tmp_path / "genstream.db")},
+        offline={"tokens_per_second": 0},
+    )
+
+
+def client_session() -> aiohttp.ClientSession:
+    # limit=0: aiohttp's connector stalls the 101st concurrent stream; total=None: its
+    # default 300 s total timeout would cut long streams.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
+    )
+
+
+MakeServer = Callable[..., Awaitable[Genstream]]
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
+    """Start a server; keyword arguments are settings sections to change."""
+    started: list[Genstream] = []
+
+    async def make(**sections: dict[str, Any]) -> Genstream:
+        settings = base_settings(tmp_path)
+        if sections:
+            settings = settings.replace(**sections)
+        server = await start(settings, port=0)
+        genstream = Genstream(server, client_session())
+        started.append(genstream)
+        return genstream
+
+    yield make
+    for genstream in reversed(started):
+        await genstream.http.close()
+        await genstream.server.stop()
+
+
+@pytest.fixture
+async def gs(make_server: MakeServer) -> Genstream:
+    return await make_server()

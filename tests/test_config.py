@@ -1,0 +1,63 @@
+"""Settings: config.toml holds every default; the environment overrides; errors name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from service import config
+from service.config import ConfigError, Settings
+
+
+def test_config_toml_lists_every_setting_with_its_default() -> None:
+    raw = tomllib.loads(config.default_config_path().read_text())
+    defaults = Settings()
+    for section in dataclasses.fields(Settings):
+        values = getattr(defaults, section.name)
+        expected = {f.name: getattr(values, f.name) for f in dataclasses.fields(values)}
+        assert raw[section.name] == expected, section.name
+
+
+def test_environment_overrides_the_file() -> None:
+    settings = config.load(
+        environ={"GENSTREAM_SERVER_PORT": "9000", "GENSTREAM_OFFLINE_TOKENS_PER_SECOND": "0"}
+    )
+    assert settings.server.port == 9000
+    assert settings.offline.tokens_per_second == 0.0
+    assert settings.server.host == "127.0.0.1"
+
+
+def test_another_file_with_config(tmp_path: Path) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text('[stream]\nheartbeat_seconds = 2.5\n[generation]\nprovider = "offline"\n')
+    settings = config.load(path, environ={})
+    assert settings.stream.heartbeat_seconds == 2.5
+    assert settings.stream.retry_ms == 3000
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        pytest.param("[nope]\n", {}, "unknown section [nope]", id="unknown-section"),
+        pytest.param("[server]\nprot = 1\n", {}, "unknown setting server.prot", id="typo"),
+        pytest.param('[server]\nport = "x"\n', {}, "server.port must be a int", id="bad-type"),
+        pytest.param("", {"GENSTREAM_SERVER_PORT": "eighty"}, "server.port", id="bad-env"),
+        pytest.param('[auth]\ntoken = "abc"\n', {}, "must come from the environment", id="secret"),
+        pytest.param("[server\n", {}, "other.toml", id="not-toml"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(
+    tmp_path: Path, text: str, environ: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.load(path, environ=environ)
+
+
+def test_token_comes_from_the_environment() -> None:
+    settings = config.load(environ={"GENSTREAM_AUTH_TOKEN": "t0k"})
+    assert settings.auth.token == "t0k"

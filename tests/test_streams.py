@@ -1,0 +1,255 @@
+"""Streams on a real server: headers, first bytes, resume, heartbeats, release, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service import events as ev
+from service.events import Draft
+from tests.conftest import Genstream, MakeServer
+from tests.sse_reader import SSEReader
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    """Re-check a condition seen over HTTP until it holds, bounded in time. The server
+    has no event to await for "a stream was released": asking again is the only way."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def open_streams(gs: Genstream) -> int:
+    body = await gs.json("GET", "/api/connections")
+    total: int = body["total"]
+    return total
+
+
+async def test_stream_headers_and_first_bytes_come_at_once(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["Cache-Control"] == "no-cache, no-transform"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        assert "Content-Encoding" not in response.headers
+        # No event exists yet, and still the first bytes arrive.
+        first = await SSEReader(response).frame(timeout=2)
+        assert first.raw == b"retry: 3000\n\n"
+        second = await SSEReader(response).frame(timeout=2)
+        assert second.raw == b": connected\n\n"
+
+
+async def test_event_frame_bytes_match_the_polled_event(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    await gs.wait_generation(submitted["generation"]["id"])
+    first = (await gs.events(project_id))[0]
+    async with gs.http.get(
+        f"{gs.url}/api/projects/{project_id}/stream", headers={"Last-Event-ID": "0"}
+    ) as response:
+        reader = SSEReader(response)
+        frame = await reader.event()
+    body = await _raw_event(gs, project_id, first["id"])
+    assert frame.raw == b"id: %d\nevent: message.created\ndata: %s\n\n" % (first["id"], body)
+    assert frame.json == first
+
+
+async def _raw_event(gs: Genstream, project_id: str, event_id: int) -> bytes:
+    url = f"{gs.url}/api/projects/{project_id}/events?after={event_id - 1}&limit=1"
+    async with gs.http.get(url) as response:
+        raw = await response.read()
+    # {"events":[<event>],...}: the event's bytes as stored.
+    start = raw.index(b"[") + 1
+    end = raw.index(b'],"last_event_id"')
+    return raw[start:end]
+
+
+async def test_project_stream_without_cursor_starts_live(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    first = await gs.generate(project_id, "first")
+    await gs.wait_generation(first["generation"]["id"])
+    async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
+        reader = SSEReader(response)
+        await reader.frame()  # retry
+        await reader.frame()  # connected
+        second = await gs.generate(project_id, "second")
+        frame = await reader.event()
+    assert frame.json["generation_id"] == second["generation"]["id"]
+    assert frame.event == ev.MESSAGE_CREATED
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "field"),
+    [
+        pytest.param({"Last-Event-ID": "abc"}, "", "Last-Event-ID", id="header-not-a-number"),
+        pytest.param({"Last-Event-ID": "-1"}, "", "Last-Event-ID", id="header-negative"),
+        pytest.param({}, "?last_event_id=1.5", "last_event_id", id="query-not-an-integer"),
+        pytest.param({}, "?last_event_id=", "last_event_id", id="query-empty"),
+    ],
+)
+async def test_bad_cursor_is_a_400_naming_the_field(
+    gs: Genstream, headers: dict[str, str], query: str, field: str
+) -> None:
+    project_id = await gs.new_project()
+    body = await gs.json(
+        "GET", f"/api/projects/{project_id}/stream{query}", status=400, headers=headers
+    )
+    assert body["error"]["code"] == "invalid_request"
+    assert body["error"]["field"] == field
+
+
+async def test_header_cursor_wins_over_query(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    await gs.wait_generation(submitted["generation"]["id"])
+    events = await gs.events(project_id)
+    url = f"{gs.url}/api/projects/{project_id}/stream?last_event_id=0"
+    async with gs.http.get(url, headers={"Last-Event-ID": str(events[2]["id"])}) as response:
+        frame = await SSEReader(response).event()
+    assert frame.id == events[3]["id"]
+
+
+async def test_resume_in_the_middle_many_times_delivers_each_event_once_in_order(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(offline={"tokens_per_second": 400})
+    project_id = await gs.new_project()
+    # Connect at the project's current end, then start the generation: everything from
+    # here on must arrive exactly once across all the reconnections.
+    start = (await gs.json("GET", f"/api/projects/{project_id}"))["last_event_id"]
+    submitted = await gs.generate(project_id)
+    generation_id = submitted["generation"]["id"]
+    received: list[int] = []
+    last_type = ""
+    cursor = start
+    reconnections = 0
+    url = f"{gs.url}/api/generations/{generation_id}/stream"
+    async with asyncio.timeout(60):
+        while last_type != ev.GENERATION_COMPLETED:
+            async with gs.http.get(url, headers={"Last-Event-ID": str(cursor)}) as response:
+                reader = SSEReader(response)
+                # Take a few events, then drop the connection mid-stream.
+                for _ in range(7):
+                    frame = await reader.event()
+                    assert frame.id is not None and frame.event is not None
+                    received.append(frame.id)
+                    cursor, last_type = frame.id, frame.event
+                    if last_type == ev.GENERATION_COMPLETED:
+                        break
+            reconnections += 1
+    stored_ids = [e["id"] for e in await gs.events(project_id, after=start)]
+    assert reconnections > 5
+    assert received == stored_ids
+    assert len(set(received)) == len(received)
+
+
+async def test_heartbeat_after_quiet(make_server: MakeServer) -> None:
+    gs = await make_server(stream={"heartbeat_seconds": 0.2})
+    project_id = await gs.new_project()
+    async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
+        reader = SSEReader(response)
+        await reader.frame()
+        await reader.frame()
+        for _ in range(2):
+            ping = await reader.frame(timeout=2)
+            assert ping.raw == b": ping\n\n"
+
+
+async def test_stream_when_client_disconnects_then_subscriber_is_released(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(stream={"heartbeat_seconds": 15}, offline={"tokens_per_second": 50})
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    generation_id = submitted["generation"]["id"]
+    response = await gs.http.get(f"{gs.url}/api/projects/{project_id}/stream")
+    reader = SSEReader(response)
+    await reader.frame()
+    assert await open_streams(gs) == 1
+    assert gs.services.broker.subscriber_count() == 1
+    response.close()  # the client goes away without a word
+
+    loop = asyncio.get_running_loop()
+    left = loop.time()
+
+    async def released() -> bool:
+        return await open_streams(gs) == 0 and gs.services.broker.subscriber_count() == 0
+
+    await wait_until(released, timeout=1.0)
+    assert loop.time() - left < 1.0
+    # The generation goes on without its watcher.
+    generation = await gs.json("GET", f"/api/generations/{generation_id}")
+    assert generation["status"] in ("pending", "running")
+    final = await gs.wait_generation(generation_id, timeout=60)
+    assert final["status"] == "completed"
+
+
+async def test_connections_counts_streams_per_key(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    generation_id = submitted["generation"]["id"]
+    first = await gs.http.get(f"{gs.url}/api/projects/{project_id}/stream")
+    second = await gs.http.get(f"{gs.url}/api/projects/{project_id}/stream")
+    try:
+        for response in (first, second):
+            await SSEReader(response).frame()
+        body = await gs.json("GET", "/api/connections")
+        assert body == {"total": 2, "by_key": {f"project:{project_id}": 2}}
+    finally:
+        first.close()
+        second.close()
+    await gs.wait_generation(generation_id)
+
+
+async def test_slow_client_is_cut_off_then_resumes_with_nothing_lost(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(stream={"queue_size": 8})
+    project_id = await gs.new_project()
+    start = (await gs.json("GET", f"/api/projects/{project_id}"))["last_event_id"]
+    burst = 50
+    received: list[int] = []
+    url = f"{gs.url}/api/projects/{project_id}/stream"
+    async with gs.http.get(url, headers={"Last-Event-ID": str(start)}) as response:
+        reader = SSEReader(response)
+        await reader.frame()
+        # One journal batch publishes all fifty at once: more than the subscriber's
+        # buffer holds before its handler can run, so it must be cut off.
+        drafts = [Draft(project_id, None, ev.VALIDATION, {"n": n}) for n in range(burst)]
+        await gs.services.journal.append(*drafts)
+        # The stream ends: cleanly, or aborted when the handler was stuck in a write.
+        with pytest.raises((EOFError, aiohttp.ClientPayloadError, ConnectionError)):
+            while True:
+                frame = await reader.event(timeout=5)
+                assert frame.id is not None
+                received.append(frame.id)
+    cursor = received[-1] if received else start
+    assert len(received) < burst
+    async with gs.http.get(url, headers={"Last-Event-ID": str(cursor)}) as response:
+        reader = SSEReader(response)
+        while len(received) < burst:
+            frame = await reader.event(timeout=5)
+            assert frame.id is not None
+            received.append(frame.id)
+    stored = await gs.events(project_id, after=start)
+    assert received == [e["id"] for e in stored]
+    assert [e["n"] for e in stored] == list(range(burst))
+
+
+async def test_generation_stream_ends_after_terminal_event(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    url = f"{gs.url}/api/generations/{submitted['generation']['id']}/stream"
+    async with gs.http.get(url) as response:
+        frames = await SSEReader(response).events_until_end()
+    types = [f.event for f in frames]
+    assert types[0] == ev.MESSAGE_CREATED
+    assert types[-1] == ev.GENERATION_COMPLETED
+    assert types.count(ev.GENERATION_COMPLETED) == 1
+    # Resuming after the terminal event closes at once with nothing more.
+    async with gs.http.get(url, headers={"Last-Event-ID": str(frames[-1].id)}) as response:
+        assert await SSEReader(response).events_until_end(timeout=5) == []
