@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 ENV_PREFIX = "GENSTREAM_"
 # Secrets are read from the environment only, so a committed config.toml cannot leak them.
@@ -17,6 +17,32 @@ SECRET_SETTINGS = frozenset({("auth", "token")})
 
 class ConfigError(ValueError):
     """A setting that cannot be used, with the name of the setting."""
+
+
+# Ranges and choices, checked wherever a setting is set (file, environment, replace()).
+# A zero heartbeat or queue would not "disable" anything: it would spin or drop all.
+POSITIVE: Final = frozenset(
+    {
+        "server.max_body_bytes",
+        "server.shutdown_grace_seconds",
+        "stream.heartbeat_seconds",
+        "stream.queue_size",
+        "stream.replay_page",
+        "stream.max_streams",
+        "stream.max_streams_per_project",
+        "generation.max_concurrent",
+        "generation.timeout_seconds",
+        "generation.max_prompt_chars",
+        "openai.max_tokens",
+        "openai.request_timeout_seconds",
+    }
+)
+CHOICES: Final = {
+    "generation.provider": ("offline", "openai", "auto"),
+    "log.format": ("text", "json"),
+    "log.level": ("debug", "info", "warning", "error"),
+}
+MAX_PORT: Final = 65535
 
 
 @dataclass(frozen=True)
@@ -146,9 +172,23 @@ def _build(base: Settings, raw: Mapping[str, Any], origin: str) -> Settings:
         for key, value in values.items():
             if key not in key_types:
                 raise ConfigError(f"{origin}: unknown setting {section}.{key}")
-            updates[key] = _coerce(value, key_types[key], f"{section}.{key}", origin)
+            name = f"{section}.{key}"
+            updates[key] = _check(_coerce(value, key_types[key], name, origin), name, origin)
         changes[section] = dataclasses.replace(current, **updates)
     return dataclasses.replace(base, **changes)
+
+
+def _check(value: Any, name: str, origin: str) -> Any:
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"{origin}: {name} must be greater than 0, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{origin}: {name} must not be negative, got {value!r}")
+    if name == "server.port" and value > MAX_PORT:
+        raise ConfigError(f"{origin}: server.port must be at most {MAX_PORT}, got {value!r}")
+    choices = CHOICES.get(name)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{origin}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _coerce(value: Any, kind: type, name: str, origin: str) -> Any:

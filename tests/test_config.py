@@ -47,6 +47,15 @@ def test_another_file_with_config(tmp_path: Path) -> None:
         pytest.param("", {"GENSTREAM_SERVER_PORT": "eighty"}, "server.port", id="bad-env"),
         pytest.param('[auth]\ntoken = "abc"\n', {}, "must come from the environment", id="secret"),
         pytest.param("[server\n", {}, "other.toml", id="not-toml"),
+        pytest.param(
+            "[stream]\nheartbeat_seconds = 0\n", {}, "greater than 0", id="zero-heartbeat"
+        ),
+        pytest.param("", {"GENSTREAM_STREAM_QUEUE_SIZE": "0"}, "queue_size", id="zero-queue"),
+        pytest.param("[server]\nport = 70000\n", {}, "at most 65535", id="port-too-big"),
+        pytest.param("[stream]\nretry_ms = -5\n", {}, "not be negative", id="negative"),
+        pytest.param(
+            '[generation]\nprovider = "magic"\n', {}, "one of offline, openai", id="provider"
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(
