@@ -294,7 +294,7 @@ class Generations:
             if chunk.text:
                 if run.first_token_ms is None:
                     run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
-                drafts = self._drafts(run, run.parser.feed(chunk.text))
+                drafts = self._drafts(run, run.parser.feed(_valid_text(chunk.text)))
                 if drafts:
                     await self._journal.append(*drafts)
             if chunk.progress is not None:
@@ -508,6 +508,18 @@ def _message_update(message_id: str, status: str, content: str) -> dict[str, Any
 
 def _stage_draft(run: _Run, stage: Stage, status: str, progress: int) -> Draft:
     return run.draft(ev.STAGE, stage=stage.id, label=stage.label, status=status, progress=progress)
+
+
+def _valid_text(text: str) -> str:
+    """Model text may hold lone surrogates (a JSON "\\ud800" escape decodes to one); they
+    cannot be encoded as UTF-8, so they would fail the journal. Replace them."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
 
 
 def _summary(files: list[FileRecord]) -> str:
