@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,6 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
+from service import logs, metrics, retention
 from service.api import json_response, routes
 from service.broker import Broker, Closed
 from service.config import Settings
@@ -19,6 +22,8 @@ from service.errors import ApiError
 from service.events import now_ms
 from service.generation import Generations
 from service.journal import Emit, Journal
+from service.metrics import Gauges, Metrics
+from service.openapi import SPEC
 from service.providers import make_provider
 from service.storage import Storage, Tx
 
@@ -103,28 +108,48 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = await Storage.open(settings.storage.path, settings.storage.busy_timeout_ms)
     broker = Broker(settings.stream.queue_size)
     journal = await Journal.start(storage, broker)
+    stats = Metrics()
+    journal.on_commit = stats.commit_seconds.observe
     generations = Generations(
         storage,
         journal,
         make_provider(settings),
         max_concurrent=settings.generation.max_concurrent,
         timeout_seconds=settings.generation.timeout_seconds,
+        metrics=stats,
+    )
+    connections = Connections(settings.stream.max_streams, settings.stream.max_streams_per_project)
+    stats.read_at_scrape(
+        Gauges(
+            open_streams=lambda: connections.total,
+            events_appended=lambda: journal.stats.events,
+            failed_commits=lambda: journal.stats.failed_commits,
+            generations_running=lambda: generations.running,
+        )
     )
     app[SERVICES] = Services(
         settings=settings,
         storage=storage,
         broker=broker,
         journal=journal,
-        connections=Connections(
-            settings.stream.max_streams, settings.stream.max_streams_per_project
-        ),
+        connections=connections,
         generations=generations,
+        metrics=stats,
     )
+    pruning: asyncio.Task[None] | None = None
     try:
         await journal.transact(_close_stale_sessions)
         await generations.recover()
+        if retention.enabled(settings.storage):
+            pruning = asyncio.create_task(
+                retention.run(journal, stats, settings.storage), name="retention"
+            )
         yield
     finally:
+        if pruning is not None:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
         await generations.close()
         await journal.close()
         await storage.close()
@@ -140,12 +165,23 @@ async def _say_goodbye(app: web.Application) -> None:
     app[SERVICES].broker.close_all(Closed.SHUTDOWN)
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    return metrics.response(request.app[SERVICES].metrics)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(SPEC)
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
 def create_app(settings: Settings) -> web.Application:
-    middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [
+        logs.context_middleware,
+        error_middleware,
+    ]
     if settings.auth.token:
         middlewares.append(_auth_middleware(settings.auth.token))
     app = web.Application(
@@ -156,6 +192,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
     app.add_routes(routes)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/api/openapi.json", openapi)
     if (STATIC_DIR / "index.html").exists():
         app.router.add_get("/", index)
         app.router.add_static("/static/", STATIC_DIR, append_version=True)

@@ -8,7 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service import config, server
+from service import config, logs, server
+from service.storage import StorageError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,12 +21,14 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.replace(server=overrides)
-    logging.basicConfig(
-        level=settings.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log)
     try:
         asyncio.run(server.serve(settings))
-    except OSError as exc:
+    except config.ConfigError as exc:
+        print(f"genstream: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, StorageError) as exc:
+        logging.getLogger("genstream").error("cannot serve: %s", exc)
         print(f"genstream: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0

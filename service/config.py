@@ -58,6 +58,9 @@ class ServerSettings:
 class StorageSettings:
     path: str = "data/genstream.db"
     busy_timeout_ms: int = 5000
+    retention_events_per_project: int = 100_000
+    retention_days: float = 0.0
+    retention_interval_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class StreamSettings:
     replay_page: int = 500
     max_streams: int = 10_000
     max_streams_per_project: int = 1000
+    send_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class OpenAISettings:
     max_tokens: int = 8192
     request_timeout_seconds: float = 120.0
     max_retries: int = 2
+    retry_backoff_seconds: float = 0.5
     context_chars: int = 60_000
 
 

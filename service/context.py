@@ -11,6 +11,7 @@ from service.broker import Broker
 from service.config import Settings
 from service.connections import Connections
 from service.journal import Journal
+from service.metrics import Metrics
 from service.storage import Storage
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class Services:
     journal: Journal
     connections: Connections
     generations: Generations
+    metrics: Metrics
 
 
 SERVICES = web.AppKey("services", Services)

@@ -13,13 +13,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from service import events as ev
-from service import pipeline
+from service import logs, pipeline
 from service.errors import ApiError, not_found
 from service.events import Draft, now_ms
 from service.journal import Emit, Journal
+from service.metrics import Metrics
 from service.parser import (
     FileCompleted,
     FileDelta,
@@ -36,8 +37,14 @@ from service.validation import check_file
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
+STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
+# Waits between tries to record a generation's end while the database refuses writes
+# (busy, full): about 16 s in all, then the next start finishes it as interrupted.
+END_RETRY_DELAYS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def new_id(prefix: str) -> str:
@@ -61,6 +68,8 @@ class _Run:
     assistant_message_id: str
     parser: OutputParser = field(default_factory=OutputParser)
     files: dict[str, FileRecord] = field(default_factory=dict)
+    # Paths the project held before this generation: writing one replaces it.
+    existing: frozenset[str] = frozenset()
     stage_started: float = field(default_factory=time.perf_counter)
     stage_ms: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -97,7 +106,10 @@ class Generations:
         *,
         max_concurrent: int,
         timeout_seconds: float,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
+        self._closing = False
         self._storage = storage
         self._journal = journal
         self._provider = provider
@@ -211,6 +223,7 @@ class Generations:
 
     async def close(self) -> None:
         """Stop every running generation; each ends as failed with code `interrupted`."""
+        self._closing = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -221,6 +234,9 @@ class Generations:
 
     async def _run(self, generation: dict[str, Any]) -> None:
         run = _Run(generation["id"], generation["project_id"], generation["assistant_message_id"])
+        # The task runs in a copy of the submitting request's context: name it in logs.
+        logs.project_id.set(run.project_id)
+        logs.generation_id.set(run.generation_id)
         try:
             async with self._slots:
                 run.started = run.stage_started = time.perf_counter()
@@ -237,8 +253,9 @@ class Generations:
             await self._fail(run, ProviderError("timeout", message, True))
         except ProviderError as exc:
             await self._fail(run, exc)
-        except ApiError as exc:  # the journal refused a write (shutting down, disk)
+        except ApiError as exc:  # the journal refused a write (database busy, full, closing)
             log.error("generation %s could not be journaled: %s", run.generation_id, exc)
+            await self._fail(run, ProviderError("storage_unavailable", STORAGE_MESSAGE, True))
         except Exception:
             log.exception("generation %s failed unexpectedly", run.generation_id)
             await self._fail(run, ProviderError("internal_error", "an internal error", False))
@@ -271,6 +288,7 @@ class Generations:
 
     async def _plan(self, run: _Run, generation: dict[str, Any]) -> ModelRequest:
         files = await self._storage.file_contents(run.project_id)
+        run.existing = frozenset(file.path for file in files)
         history = tuple(
             (m["role"], m["content"])
             for m in await self._storage.messages(run.project_id)
@@ -288,12 +306,14 @@ class Generations:
 
     async def _generate(self, run: _Run, request: ModelRequest) -> None:
         step = pipeline.PROGRESS_STEP
+        asked = time.perf_counter()
         async for chunk in self._provider.stream(request):
             if chunk.usage is not None:
                 run.usage = chunk.usage
             if chunk.text:
                 if run.first_token_ms is None:
                     run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
+                    self._metrics.provider_first_token.observe(time.perf_counter() - asked)
                 drafts = self._drafts(run, run.parser.feed(_valid_text(chunk.text)))
                 if drafts:
                     await self._journal.append(*drafts)
@@ -301,6 +321,7 @@ class Generations:
                 overall = pipeline.GENERATING.at(chunk.progress)
                 if overall - run.progress >= step:
                     await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
+        self._metrics.provider_stream.observe(time.perf_counter() - asked)
         drafts = self._drafts(run, run.parser.finish())
         if drafts:
             await self._journal.append(*drafts)
@@ -316,7 +337,8 @@ class Generations:
                     )
                 )
             elif isinstance(item, FileStarted):
-                drafts.append(run.draft(ev.FILE_STARTED, path=item.path))
+                replaces = item.path in run.existing or item.path in run.files
+                drafts.append(run.draft(ev.FILE_STARTED, path=item.path, replaces=replaces))
             elif isinstance(item, FileDelta):
                 drafts.append(
                     run.draft(ev.FILE_DELTA, path=item.path, delta=item.text, line=item.line)
@@ -382,6 +404,7 @@ class Generations:
             emit(run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings))
 
         await self._journal.transact(finish)
+        self._metrics.generations.labels("completed", "").inc()
 
     async def _stage(self, run: _Run, stage: Stage, status: str, fraction: float) -> None:
         progress = stage.at(fraction)
@@ -429,10 +452,10 @@ class Generations:
         text = run.parser.text.strip()
         timings = run.timings()
 
-        async def end(tx: Tx, emit: Emit) -> None:
+        async def end(tx: Tx, emit: Emit) -> bool:
             current = await tx.generation(run.generation_id)
             if current is None or current["status"] not in ("pending", "running"):
-                return  # already ended: one terminal event per generation, never two
+                return False  # already ended: one terminal event per generation, never two
             await tx.update_message(run.assistant_message_id, message_status, text)
             await tx.update_generation(
                 run.generation_id,
@@ -450,17 +473,39 @@ class Generations:
                 )
             )
             emit(terminal)
+            return True
 
-        try:
-            await _uncancellable(self._journal.transact(end))
-        except ApiError as exc:
-            log.error("could not record the end of generation %s: %s", run.generation_id, exc)
+        # A generation must end, or its streams wait forever: retry while the database
+        # refuses the write, for a bounded time.
+        for delay in (*END_RETRY_DELAYS, None):
+            try:
+                ended = await _uncancellable(self._journal.transact(end))
+            except ApiError as exc:
+                if delay is None or self._closing or exc.code == "shutting_down":
+                    log.error(
+                        "could not record the end of generation %s (%s); the next start "
+                        "finishes it as interrupted",
+                        run.generation_id,
+                        exc.message,
+                    )
+                    return
+                log.warning(
+                    "recording the end of generation %s failed, retrying in %g s: %s",
+                    run.generation_id,
+                    delay,
+                    exc.message,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if ended:
+                self._metrics.generations.labels(status, error.code if error else "").inc()
+            return
 
 
-async def _uncancellable(future: asyncio.Future[None]) -> None:
+async def _uncancellable(future: asyncio.Future[T]) -> T:
     """Wait for a write that must land even while the waiting task is being cancelled."""
     try:
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
         await future
         raise

@@ -59,6 +59,8 @@ class Journal:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = JournalStats()
+        # Told the duration of each commit (metrics); called once per batch.
+        self.on_commit: Callable[[float], None] | None = None
 
     @classmethod
     async def start(cls, storage: Storage, broker: Broker) -> Journal:
@@ -147,6 +149,8 @@ class Journal:
         self.stats.events += len(published)
         self.stats.last_commit_seconds = elapsed
         self.stats.commit_seconds_total += elapsed
+        if self.on_commit is not None:
+            self.on_commit(elapsed)
         # Publish only what is durable, in id order (jobs were sealed in order).
         for event in published:
             self._broker.publish(event.project_id, event)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from typing import Final
@@ -11,13 +13,15 @@ from typing import Final
 from aiohttp import web
 
 from service.app import create_app
-from service.config import Settings
+from service.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
 # aiohttp's default backlog of 128 drops connections when a thousand clients reconnect
 # at once (say, after a restart).
 LISTEN_BACKLOG: Final = 2048
+# Exit status after a second signal cut the graceful shutdown short (128 + SIGINT).
+EXIT_FORCED: Final = 130
 
 
 @dataclass
@@ -27,24 +31,32 @@ class RunningServer:
 
     @property
     def port(self) -> int:
-        server = self.site._server
-        assert isinstance(server, asyncio.Server)
-        port: int = server.sockets[0].getsockname()[1]
+        # From the runner, not site._server: uvloop's server is no asyncio.Server.
+        port: int = self.runner.addresses[0][1]
         return port
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
 
-async def start(settings: Settings, *, port: int | None = None) -> RunningServer:
-    """Serve on settings.server.host (and `port`, 0 for any free one)."""
-    app = create_app(settings)
+async def start(
+    settings: Settings, *, port: int | None = None, app: web.Application | None = None
+) -> RunningServer:
+    """Serve on settings.server.host (and `port`, 0 for any free one).
+
+    `app` is create_app(settings) unless given (the benchmark adds a route to it).
+    """
+    check_exposure(settings)
+    if app is None:
+        app = create_app(settings)
     runner = web.AppRunner(
         app,
         # Since aiohttp 3.9 a handler is not cancelled when its client goes away; a
         # stream waiting for events would hold the subscriber until its next write.
         handler_cancellation=True,
-        shutdown_timeout=settings.server.shutdown_grace_seconds,
+        # aiohttp waits this long for handlers, then as long again after cancelling
+        # them: half the grace each, so that serve() ends within the grace.
+        shutdown_timeout=settings.server.shutdown_grace_seconds / 2,
         handle_signals=False,
         access_log=None,
     )
@@ -72,12 +84,43 @@ async def serve(settings: Settings) -> None:
     server = await start(settings)
     log.info("genstream listening on http://%s:%d/", settings.server.host, server.port)
     await stop.wait()
-    log.info("shutting down")
+    grace = settings.server.shutdown_grace_seconds
+    log.info("shutting down (at most %g s)", grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _exit_now)
-    await server.stop()
+    try:
+        async with asyncio.timeout(grace):
+            await server.stop()
+    except TimeoutError:
+        log.error("shutdown took longer than %g s: exiting with work unfinished", grace)
+        raise SystemExit(1) from None
+    log.info("stopped")
 
 
 def _exit_now() -> None:
+    # No cleanup: the one asking twice wants the process gone. Every commit is already
+    # durable in the WAL, and the next start finishes interrupted generations.
     log.warning("second signal: exiting at once")
-    raise SystemExit(1)
+    logging.shutdown()
+    os._exit(EXIT_FORCED)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" for every interface: reachable from outside
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond loopback without a token, unless told to on purpose."""
+    host = settings.server.host
+    if is_loopback(host) or settings.auth.token or settings.server.allow_remote_without_token:
+        return
+    raise ConfigError(
+        f"server.host = {host!r} is reachable from other machines and no token is set: "
+        "set GENSTREAM_AUTH_TOKEN, or server.allow_remote_without_token = true to serve "
+        "without one on purpose"
+    )

@@ -151,6 +151,13 @@ class Storage:
 
     @classmethod
     async def open(cls, path: str, busy_timeout_ms: int = 5000) -> Storage:
+        try:
+            return await cls._open(path, busy_timeout_ms)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+
+    @classmethod
+    async def _open(cls, path: str, busy_timeout_ms: int) -> Storage:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path, busy_timeout_ms)
@@ -169,7 +176,13 @@ class Storage:
         return cls(writer, reader)
 
     async def close(self) -> None:
+        """Checkpoint the WAL into the main file, then close: a clean stop leaves one
+        self-contained file (a crash leaves the WAL, which the next open replays)."""
         await self._reader.close()
+        try:
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("could not checkpoint the database on close: %s", exc)
         await self._writer.close()
 
     # -- writes: only the journal's writer loop calls these -------------------------
@@ -484,6 +497,37 @@ class Tx:
             "close_reason = ? WHERE id = ?",
             (at, last_event_id, events_sent, reason, session_id),
         )
+
+    async def prune_events(
+        self, *, keep_per_project: int | None, older_than_ms: int | None
+    ) -> int:
+        """Delete old events; never those of an active generation, nor the newest one
+        (it carries the id the next process counts on from)."""
+        spare = (
+            "(generation_id IS NULL OR generation_id NOT IN "
+            "(SELECT id FROM generations WHERE status IN ('pending', 'running'))) "
+            "AND id < (SELECT MAX(id) FROM events)"
+        )
+        deleted = 0
+        if older_than_ms is not None:
+            cursor = await self._conn.execute(
+                f"DELETE FROM events WHERE ts < ? AND {spare}", (older_than_ms,)
+            )
+            deleted += cursor.rowcount
+        if keep_per_project is not None:
+            async with self._conn.execute(
+                "SELECT p.id, (SELECT e.id FROM events e WHERE e.project_id = p.id "
+                "ORDER BY e.id DESC LIMIT 1 OFFSET ?) FROM projects p",
+                (keep_per_project,),
+            ) as rows:
+                cutoffs = [(row[0], row[1]) for row in await rows.fetchall() if row[1]]
+            for project_id, cutoff in cutoffs:
+                cursor = await self._conn.execute(
+                    f"DELETE FROM events WHERE project_id = ? AND id <= ? AND {spare}",
+                    (project_id, cutoff),
+                )
+                deleted += cursor.rowcount
+        return deleted
 
     async def close_open_sessions(self, reason: str, at: int) -> None:
         await self._conn.execute(

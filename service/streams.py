@@ -1,17 +1,21 @@
 """The SSE stream handler: subscribe, replay from SQLite, then follow the topic live.
 
-A stream ends in one of five ways, each recorded on its streaming session:
+A stream ends in one of six ways, each recorded on its streaming session:
 `client_gone` (the client left; aiohttp cancels the handler because the runner has
 handler_cancellation=True), `completed` (a generation stream sent its terminal event),
-`slow_client` (its buffer overflowed: cut off, it resumes from SQLite), `shutdown`
-(the server is stopping: a goodbye comment, then close) and `error`.
+`slow_client` (its buffer overflowed: cut off, it resumes from SQLite), `send_timeout`
+(one write took longer than stream.send_timeout_seconds: a client that stopped reading
+or whose network vanished; the connection is aborted), `shutdown` (the server is
+stopping: a goodbye comment, then close) and `error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -22,6 +26,7 @@ from service.context import Services
 from service.errors import bad_request
 from service.events import Event, now_ms
 from service.journal import Emit, TxFunction
+from service.metrics import Metrics
 from service.storage import ACTIVE_STATUSES, Tx
 
 log = logging.getLogger(__name__)
@@ -63,9 +68,15 @@ def parse_cursor(request: web.Request) -> int | None:
     return int(raw)
 
 
+class SendTimeout(ConnectionError):
+    """A write to the client did not complete in time; the connection was aborted."""
+
+
 @dataclass
 class _Progress:
     last_id: int
+    send_timeout: float
+    abort: Callable[[], None]
     sent: int = 0
     done: bool = False
     writing: bool = False
@@ -81,14 +92,19 @@ async def stream(
     # already queued for us, and what both deliver is dropped by id.
     subscriber = services.broker.subscribe(target.project_id)
     session_id = uuid.uuid4().hex
-    progress = _Progress(last_id=start_after or 0)
+    progress = _Progress(
+        last_id=start_after or 0,
+        send_timeout=settings.send_timeout_seconds,
+        abort=lambda: _abort(request),
+    )
     reason = "error"
     try:
         response = web.StreamResponse(headers=sse.HEADERS)
         await response.prepare(request)
+        _limit_unacked_time(request, settings.send_timeout_seconds)
         subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
         # First bytes at once: EventSource fires `open` and proxies see a live response.
-        await response.write(sse.retry(settings.retry_ms) + sse.comment("connected"))
+        await _write(response, progress, sse.retry(settings.retry_ms) + sse.comment("connected"))
         _record_open(services, session_id, request, target, start_after)
         if start_after is None:
             progress.last_id = await services.storage.project_last_event_id(target.project_id)
@@ -100,26 +116,48 @@ async def stream(
             progress.done = True
         if not progress.done:
             reason = await _follow(
-                response, subscriber, target, progress, settings.heartbeat_seconds
+                response, subscriber, target, progress, settings.heartbeat_seconds, services.metrics
             )
         else:
             reason = "completed"
         if reason == Closed.SHUTDOWN.value:
-            await response.write(GOODBYE)
+            await _write(response, progress, GOODBYE)
         elif reason == Closed.SLOW_CLIENT.value:
-            await response.write(TOO_SLOW)
-        await response.write_eof()
+            await _write(response, progress, TOO_SLOW)
+        async with asyncio.timeout(settings.send_timeout_seconds):
+            await response.write_eof()
         return response
     except asyncio.CancelledError:
         reason = _closed_reason(subscriber, "client_gone")
         raise
-    except ConnectionError:
+    except SendTimeout:
+        reason = "send_timeout"
+        return web.StreamResponse()  # the connection is aborted; nothing more is sent
+    except (ConnectionError, TimeoutError):
         reason = _closed_reason(subscriber, "client_gone")
+        _abort(request)
         return web.StreamResponse()  # nothing more can be sent; aiohttp closes the socket
     finally:
         services.broker.unsubscribe(subscriber)
         services.connections.close(target.key, target.project_id)
+        services.metrics.stream_closes.labels(reason).inc()
         _record_close(services, session_id, progress, reason)
+
+
+def _limit_unacked_time(request: web.Request, seconds: float) -> None:
+    """Linux: drop the connection when sent data stays unacknowledged this long, so a
+    peer whose network vanished (no FIN, no RST) is found even while the stream is
+    quiet but for heartbeats (tcp(7), TCP_USER_TIMEOUT)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def _abort_if_stuck(request: web.Request, progress: _Progress) -> None:
@@ -143,7 +181,9 @@ async def _replay(
             target.project_id, progress.last_id, page, target.generation_id
         )
         if events:
-            await _send(response, events, target, progress)
+            sent = await _send(response, events, target, progress)
+            services.metrics.events_replayed.inc(sent)
+            services.metrics.events_delivered.inc(sent)
         if len(events) < page or progress.done:
             return
 
@@ -161,6 +201,7 @@ async def _follow(
     target: StreamTarget,
     progress: _Progress,
     heartbeat: float,
+    metrics: Metrics,
 ) -> str:
     while True:
         ready = await subscriber.wait(heartbeat)
@@ -169,15 +210,16 @@ async def _follow(
         if not ready:
             await _write(response, progress, sse.PING)
             continue
-        await _send(response, subscriber.take(), target, progress)
+        metrics.events_delivered.inc(await _send(response, subscriber.take(), target, progress))
         if progress.done:
             return "completed"
 
 
 async def _send(
     response: web.StreamResponse, events: list[Event], target: StreamTarget, progress: _Progress
-) -> None:
-    """Write every new event of the batch in one write; drop what was already sent."""
+) -> int:
+    """Write every new event of the batch in one write; drop what was already sent.
+    Returns how many were written."""
     frames: list[bytes] = []
     for event in events:
         if event.id <= progress.last_id or not target.wants(event):
@@ -190,12 +232,18 @@ async def _send(
     if frames:
         progress.sent += len(frames)
         await _write(response, progress, b"".join(frames))
+    return len(frames)
 
 
 async def _write(response: web.StreamResponse, progress: _Progress, data: bytes) -> None:
+    """One write, aborted with the connection when the client does not take it in time."""
     progress.writing = True
     try:
-        await response.write(data)
+        async with asyncio.timeout(progress.send_timeout):
+            await response.write(data)
+    except TimeoutError:
+        progress.abort()
+        raise SendTimeout(f"a write did not complete in {progress.send_timeout:g} s") from None
     finally:
         progress.writing = False
 

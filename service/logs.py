@@ -1,0 +1,93 @@
+"""Logging: text or one JSON object a line, each record with the request, project and
+generation it belongs to (from context variables, so no call site passes them)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from service.config import LogSettings
+
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+# A caller's request id is echoed into logs and headers: keep it short and inert.
+_SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+project_id: ContextVar[str | None] = ContextVar("project_id", default=None)
+generation_id: ContextVar[str | None] = ContextVar("generation_id", default=None)
+
+_CONTEXT: Final = (
+    ("request_id", request_id),
+    ("project_id", project_id),
+    ("generation_id", generation_id),
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, var in _CONTEXT:
+            value = var.get()
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+class _ContextFilter(logging.Filter):
+    """Adds the context to text records too: `... [request_id=... project_id=...]`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        parts = [f"{name}={var.get()}" for name, var in _CONTEXT if var.get() is not None]
+        record.context = f" [{' '.join(parts)}]" if parts else ""
+        return True
+
+
+def configure(settings: LogSettings) -> None:
+    """Send the root logger to stderr in the configured format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.addFilter(_ContextFilter())
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT + "%(context)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level.upper())
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Name the request (the caller's X-Request-ID when sane) and its project for logs."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # One connection serves its requests in one task: reset what this one set.
+    tokens = [(request_id, request_id.set(rid))]
+    for var, key in ((project_id, "pid"), (generation_id, "gid")):
+        tokens.append((var, var.set(request.match_info.get(key))))
+    try:
+        response = await handler(request)
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    return response
