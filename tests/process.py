@@ -87,7 +87,8 @@ async def server_process(tmp_path: Path, **settings: str) -> AsyncIterator[Serve
     url = f"http://{LOOPBACK}:{port}"
     try:
         async with client_session() as http:
-            running = ServerProcess(process, url, http, log_path, Path(env["GENSTREAM_STORAGE_PATH"]))
+            db_path = Path(env["GENSTREAM_STORAGE_PATH"])
+            running = ServerProcess(process, url, http, log_path, db_path)
             await _wait_listening(running)
             yield running
     finally:

@@ -93,9 +93,8 @@ async def test_signal_ends_streams_and_generations_then_exits_within_the_grace(
     assert "stopped" in server.log()
 
     db_path = server.db_path
-    wal = Path(f"{db_path}-wal")
     # Checkpointed and closed: nothing left in the write-ahead log.
-    assert not wal.exists() or wal.stat().st_size == 0
+    assert _wal_bytes(db_path) == 0
     with sqlite3.connect(db_path) as db:
         for generation_id in generations:
             status, code_, retryable = db.execute(
@@ -141,7 +140,7 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                 "Host: x\r\n\r\n".encode()
             )
             async with asyncio.timeout(10):
-                while (await server.json("GET", "/api/connections"))["total"] != 1:
+                while (await server.json("GET", "/api/connections"))["total"] != 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             server.signal(signal.SIGTERM)
             await _until_in_log(server, "shutting down")
@@ -151,6 +150,11 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
             assert await server.wait(5) == EXIT_FORCED
             assert time.monotonic() - signalled < 5
     assert "second signal: exiting at once" in server.log()
+
+
+def _wal_bytes(db_path: Path) -> int:
+    wal = Path(f"{db_path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
 
 
 async def _until_in_log(server: ServerProcess, text: str) -> None:
@@ -163,9 +167,7 @@ async def _until_in_log(server: ServerProcess, text: str) -> None:
 async def test_shutdown_says_goodbye_to_streams(make_server: MakeServer) -> None:
     gs: Genstream = await make_server()
     project_id = await gs.new_project()
-    responses = [
-        await gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") for _ in range(3)
-    ]
+    responses = [await gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") for _ in range(3)]
     try:
         readers = [SSEReader(r) for r in responses]
         for reader in readers:
