@@ -1,0 +1,273 @@
+"""The `openai` provider: any OpenAI-compatible chat-completions server, streamed.
+
+One generation is one `chat.completions.create(stream=True)` call through the
+official `openai` package (OpenAI itself, Ollama, vLLM, llama.cpp's server), with
+`stream_options.include_usage` so the last chunk carries the token counts.
+
+Retries are ours, not the SDK's (`max_retries=0` on the client). The SDK retries only
+until the response headers arrive; a stream that dies after them, before its first
+token, is outside every SDK retry. One loop here covers both windows with one budget
+(`openai.max_retries`) and one rule: retry a retryable failure only while no text
+has been streamed, because text already journaled cannot be taken back and a retry
+would repeat it.
+
+Every failure leaves as a ProviderError with a code, a message for people, and
+whether submitting again may help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard
+
+import openai
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+from service.config import OpenAISettings
+from service.prompts import build_messages
+from service.providers.base import Chunk, ModelRequest, ProviderError, Usage
+
+# A server asking for a longer wait than this is not waited for: the generation
+# fails as rate_limited (retryable), and the user decides when to submit again.
+MAX_RETRY_AFTER_SECONDS: Final = 60.0
+MAX_BACKOFF_SECONDS: Final = 30.0
+# Share of a backoff drawn at random, so clients failing together do not retry together.
+JITTER: Final = 0.25
+# A server's error message shown to people is cut to this length.
+MAX_DETAIL: Final = 300
+
+
+@dataclass
+class _Attempt:
+    """What one streamed call has produced so far."""
+
+    opened: bool = False  # the server answered 200 and the stream began
+    text_chunks: int = 0
+    finished: bool = False
+    usage: Usage | None = None
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings, api_key: str) -> None:
+        if not api_key:
+            raise ValueError("the openai provider needs an API key")
+        self.settings = settings
+        self.model = settings.model
+        self._api_key = api_key
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        messages = build_messages(request, self.settings.context_chars)
+        # A client per generation: the Provider contract has no close(), and this one
+        # closes its connections when the generation ends, however it ends. Retries
+        # within the generation reuse its connection.
+        async with self._client() as client:
+            retries = 0
+            while True:
+                attempt = _Attempt()
+                try:
+                    # aclosing: when this generator is closed at a yield, the call's
+                    # stream is closed now, before the client, not whenever GC runs.
+                    async with aclosing(self._call(client, messages, attempt)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                    return
+                except ProviderError as error:
+                    delay = self._retry_delay(error, retries, attempt)
+                    if delay is None:
+                        raise
+                retries += 1
+                await asyncio.sleep(delay)
+
+    def _client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.settings.base_url or None,
+            # The read timeout bounds the silence between two chunks, not the whole
+            # answer: a long generation that keeps streaming is never cut by it.
+            timeout=self.settings.request_timeout_seconds,
+            max_retries=0,
+        )
+
+    def _retry_delay(self, error: ProviderError, retries: int, attempt: _Attempt) -> float | None:
+        """Seconds to wait before the next try, or None when this error is final."""
+        if not error.retryable or attempt.text_chunks or retries >= self.settings.max_retries:
+            return None
+        asked = error.details.get("retry_after")
+        if asked is not None:
+            wait = float(asked)
+            return wait if wait <= MAX_RETRY_AFTER_SECONDS else None
+        backoff = min(self.settings.retry_backoff_seconds * 2.0**retries, MAX_BACKOFF_SECONDS)
+        return backoff * (1 - JITTER * random.random())
+
+    async def _call(
+        self,
+        client: openai.AsyncOpenAI,
+        messages: list[ChatCompletionMessageParam],
+        attempt: _Attempt,
+    ) -> AsyncGenerator[Chunk, None]:
+        try:
+            stream = await client.chat.completions.create(
+                model=self.settings.model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=self.settings.temperature,
+                max_tokens=self.settings.max_tokens,
+            )
+            attempt.opened = True
+            async with stream:
+                async for raw in stream:
+                    text = _read(raw, attempt)
+                    if text:
+                        attempt.text_chunks += 1
+                        yield Chunk(text=text)
+        except openai.APIError as exc:
+            raise _provider_error(exc, opened=attempt.opened) from exc
+        except ValueError as exc:  # the SDK's json.loads of a data line that is not JSON
+            raise _bad_response(f"a chunk was not JSON ({exc})") from exc
+        if not attempt.finished:
+            # The body ended cleanly but the model never said it was done: a proxy or
+            # server that closed the stream early. Treated like a cut connection.
+            raise ProviderError(
+                "connection_lost",
+                "the model's stream ended before the model finished; try again",
+                retryable=True,
+            )
+        # Servers that ignore include_usage: each content delta is one token on OpenAI,
+        # Ollama and llama.cpp, so the count of deltas is the best estimate there is.
+        yield Chunk(usage=attempt.usage or Usage(0, attempt.text_chunks))
+
+
+def _read(raw: object, attempt: _Attempt) -> str:
+    """The content of one chunk, noting its finish and usage; checks the shape because
+    the SDK builds chunks without validating them."""
+    if not isinstance(raw, ChatCompletionChunk):
+        raise _bad_response(f"a chunk was {type(raw).__name__}, not an object")
+    usage = raw.usage
+    if usage is not None:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if not (_is_count(prompt) and _is_count(completion)):
+            raise _bad_response("usage without integer token counts")
+        attempt.usage = Usage(prompt, completion)
+    choices: Any = raw.choices
+    if not isinstance(choices, list):
+        raise _bad_response("a chunk's choices were not a list")
+    parts: list[str] = []
+    for choice in choices:
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if content is not None and not isinstance(content, str):
+            raise _bad_response("a chunk's content was not a string")
+        if content:
+            parts.append(content)
+        if getattr(choice, "finish_reason", None):
+            attempt.finished = True
+    return "".join(parts)
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bad_response(detail: str) -> ProviderError:
+    return ProviderError(
+        "bad_response", f"the model server sent a malformed stream: {detail}", retryable=False
+    )
+
+
+def _provider_error(exc: openai.APIError, *, opened: bool) -> ProviderError:
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(
+            "timeout", "the model server stopped answering (request timed out)", retryable=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        if opened:
+            return ProviderError(
+                "connection_lost",
+                "the connection to the model server was lost in the middle of the answer",
+                retryable=True,
+            )
+        return ProviderError(
+            "connection_failed", "could not connect to the model server", retryable=True
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return _status_error(exc)
+    # An error object inside a 200 stream (the server failed mid-answer).
+    return ProviderError(
+        "provider_error", f"the model server failed: {_detail(exc)}", retryable=True
+    )
+
+
+def _status_error(exc: openai.APIStatusError) -> ProviderError:
+    status = exc.status_code
+    detail = _detail(exc)
+    if status in (401, 403):
+        # The server's text may echo part of the key: say what to check instead.
+        return ProviderError(
+            "auth_failed",
+            f"the model server refused the API key (HTTP {status}); check OPENAI_API_KEY",
+            retryable=False,
+        )
+    if status == 429:
+        details = {}
+        retry_after = _retry_after(exc.response.headers)
+        if retry_after is not None:
+            details["retry_after"] = f"{retry_after:.3f}"
+        return ProviderError(
+            "rate_limited",
+            f"the model server is rate limiting requests: {detail}",
+            retryable=True,
+            details=details,
+        )
+    if status == 404:
+        return ProviderError(
+            "model_not_found", f"the model server has no such model: {detail}", retryable=False
+        )
+    # 408 and 409 are the API's own "try again" answers (the SDK retries them too).
+    if status >= 500 or status in (408, 409):
+        return ProviderError(
+            "provider_error", f"the model server failed (HTTP {status}): {detail}", retryable=True
+        )
+    return ProviderError(
+        "bad_request", f"the model server refused the request (HTTP {status}): {detail}", False
+    )
+
+
+def _detail(exc: openai.APIError) -> str:
+    body = exc.body
+    message = body.get("message") if isinstance(body, Mapping) else None
+    text = message if isinstance(message, str) and message else exc.message
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks to wait: `retry-after-ms` (OpenAI), then `retry-after`
+    as seconds or an HTTP date (RFC 9110 10.2.3)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
