@@ -76,6 +76,15 @@ class _Run:
     first_token_ms: int | None = None
     usage: Usage = field(default_factory=Usage)
     progress: int = 0
+    # The chat text a previous process streamed (read back from the event log at
+    # recovery); None while this process runs the parser itself.
+    recovered_text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.recovered_text is not None:
+            return self.recovered_text
+        return self.parser.text.strip()
 
     def draft(self, type_: str, **payload: Any) -> Draft:
         return Draft(self.project_id, self.generation_id, type_, payload)
@@ -217,6 +226,8 @@ class Generations:
             if generation is None:
                 continue
             run = _Run(gid, generation["project_id"], generation["assistant_message_id"])
+            # What was committed stays: the message keeps the text its deltas carried.
+            run.recovered_text = (await self._storage.streamed_text(gid)).strip()
             await self._fail(run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True))
             log.warning("generation %s was left running by a previous process: failed", gid)
         return stale
@@ -348,6 +359,14 @@ class Generations:
                 drafts.append(
                     run.draft(ev.FILE_COMPLETED, path=item.path, size=item.size, sha256=item.sha256)
                 )
+                if not item.closed:
+                    # Kept, but said: a model cut off (max_tokens) leaves its last file short.
+                    detail = "the model stopped before </file>: the file may be cut short"
+                    drafts.append(
+                        run.draft(
+                            ev.VALIDATION, check="closed", ok=False, detail=detail, path=item.path
+                        )
+                    )
             elif isinstance(item, FileRejected):
                 drafts.append(
                     run.draft(
@@ -449,7 +468,7 @@ class Generations:
         error: ProviderError | None,
     ) -> None:
         # The text streamed so far stays in the event log and becomes the message.
-        text = run.parser.text.strip()
+        text = run.text
         timings = run.timings()
 
         async def end(tx: Tx, emit: Emit) -> bool:

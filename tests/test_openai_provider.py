@@ -208,6 +208,23 @@ async def test_validating_stage_parses_json_toml_and_python(
     assert all(e["detail"] for e in outcome.of_type(ev.VALIDATION))
 
 
+async def test_a_file_cut_off_by_max_tokens_is_kept_and_flagged(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    text = '<file path="a.py">\nx = 1\n</file>\n<file path="b.py">\ndef f(\n'
+    fake.script(Reply(steps=tuple(text_events(split(text, 4), finish="length"))))
+    gs = await openai_server(make_server, fake)
+    outcome = await run(gs)
+    assert outcome.generation["status"] == "completed"
+    assert await stored_files(gs, outcome.project_id) == {"a.py": "x = 1\n", "b.py": "def f(\n"}
+    checks = {(e["path"], e["check"]): e["ok"] for e in outcome.of_type(ev.VALIDATION)}
+    assert checks == {
+        ("a.py", "python"): True,
+        ("b.py", "closed"): False,
+        ("b.py", "python"): False,
+    }
+
+
 # --- editing a project ----------------------------------------------------------------
 
 
