@@ -297,6 +297,15 @@ class Storage:
         async with self._reader.execute(sql, params) as cursor:
             return [from_row(*row) for row in await cursor.fetchall()]
 
+    async def streamed_text(self, generation_id: str) -> str:
+        """The chat text a generation's message.delta events carried, joined."""
+        rows = await self._all(
+            "SELECT data FROM events WHERE generation_id = ? AND type = 'message.delta' "
+            "ORDER BY id",
+            (generation_id,),
+        )
+        return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
+
     async def stream_session(self, session_id: str) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM stream_sessions WHERE id = ?", (session_id,))
         return dict(row) if row else None
