@@ -93,14 +93,15 @@ MakeServer = Callable[..., Awaitable[Genstream]]
 
 @pytest.fixture
 async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
-    """Start a server; keyword arguments are settings sections to change."""
+    """Start a server; keyword arguments are settings sections to change. `port`: 0 for
+    any free one, or a stopped server's port to restart it where its clients were."""
     started: list[Genstream] = []
 
-    async def make(**sections: dict[str, Any]) -> Genstream:
+    async def make(port: int = 0, **sections: dict[str, Any]) -> Genstream:
         settings = base_settings(tmp_path)
         if sections:
             settings = settings.replace(**sections)
-        server = await start(settings, port=0)
+        server = await start(settings, port=port)
         genstream = Genstream(server, client_session())
         started.append(genstream)
         return genstream

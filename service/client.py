@@ -1,0 +1,419 @@
+"""An asyncio client for genstream: the JSON API, and event streams that resume themselves.
+
+    async with GenstreamClient("http://127.0.0.1:8080") as client:
+        project = await client.create_project("demo")
+        submitted = await client.generate(project["id"], "a todo api")
+        async for event in client.stream_generation(submitted["generation"]["id"]):
+            print(event.id, event.type)
+
+A stream reconnects by itself when the connection drops (exponential backoff with
+jitter, never sooner than the server's `retry:`), resumes with `Last-Event-ID`, and
+never yields an event twice. A generation stream ends after the terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from service.events import TERMINAL_TYPES
+from service.sse_parser import Message, SSEParser
+
+DEFAULT_URL: Final = "http://127.0.0.1:8080"
+ACTIVE_STATUSES: Final = frozenset({"pending", "running"})
+# A proxy or a restarting server answers these for a moment; anything else is final.
+RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
+# No HTTP answer at all (refused, reset, timed out, a stream that is not SSE).
+NO_STATUS: Final = 0
+UNREACHABLE: Final = "unreachable"
+_ENVELOPE: Final = ("id", "type", "project_id", "generation_id", "ts")
+
+
+class GenstreamError(Exception):
+    """An error from the API (its status, code and message), or status 0 when the
+    server could not be reached or answered something that is not genstream."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(
+            f"{code}: {message}" if status == NO_STATUS else f"{status} {code}: {message}"
+        )
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the log. `data` holds the payload fields of its type (`delta`,
+    `path`, `stage`...); `as_dict()` gives back the flat object the server sent."""
+
+    id: int
+    type: str
+    project_id: str
+    generation_id: str | None
+    ts: int
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "project_id": self.project_id,
+            "generation_id": self.generation_id,
+            "ts": self.ts,
+            **self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Event:
+        """The flat object of `/events` and of SSE data; GenstreamError if it is not one."""
+        event_id, type_, project_id = raw.get("id"), raw.get("type"), raw.get("project_id")
+        generation_id, ts = raw.get("generation_id"), raw.get("ts")
+        if (
+            not isinstance(event_id, int)
+            or isinstance(event_id, bool)
+            or not isinstance(type_, str)
+            or not isinstance(project_id, str)
+            or not (generation_id is None or isinstance(generation_id, str))
+            or not isinstance(ts, int)
+        ):
+            raise GenstreamError(NO_STATUS, "invalid_event", f"not a genstream event: {raw!r:.200}")
+        payload = {k: v for k, v in raw.items() if k not in _ENVELOPE}
+        return cls(event_id, type_, project_id, generation_id, ts, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long to wait before reconnecting: the server's `retry:` (or `base_seconds`
+    until it has said one) doubled for every failed attempt in a row, capped, then
+    stretched by a random factor in [1, 1 + jitter] so that a thousand clients cut off
+    by one restart do not come back in the same millisecond."""
+
+    base_seconds: float = 1.0
+    max_seconds: float = 30.0
+    jitter: float = 0.5
+
+    def delay(
+        self, failures: int, retry_ms: int | None, rand: Callable[[], float] = random.random
+    ) -> float:
+        base = self.base_seconds if retry_ms is None else retry_ms / 1000
+        # min() first: 2 ** failures stays small enough to never overflow a float.
+        exponent = min(failures, 32)
+        return min(self.max_seconds, base * 2.0**exponent) * (1 + self.jitter * rand())
+
+
+class GenstreamClient:
+    """A session with one genstream server; use it as an async context manager."""
+
+    # The server sends a comment every heartbeat_seconds of quiet: two missed in a row
+    # and the connection is taken for dead, then resumed.
+    MISSED_HEARTBEATS: Final = 2
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        heartbeat_seconds: float = 15.0,
+        request_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        max_attempts: int | None = 8,
+        backoff: Backoff = Backoff(),  # frozen, so one default is safe to share
+    ) -> None:
+        """`max_attempts`: failed attempts in a row (connects, retried calls) before
+        GenstreamError; None retries for ever."""
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=connect_timeout,
+            sock_read=heartbeat_seconds * self.MISSED_HEARTBEATS,
+        )
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=request_timeout, sock_connect=connect_timeout
+        )
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GenstreamClient:
+        self._session = aiohttp.ClientSession(
+            # limit=0: the default of 100 connections silently stalls the 101st stream.
+            # total=None: the default 300 s total timeout would cut every long stream.
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=self._stream_timeout,
+            headers=self._headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use GenstreamClient as `async with GenstreamClient(...)`")
+        return self._session
+
+    # -- the JSON API -------------------------------------------------------------------
+
+    async def create_project(self, name: str | None = None) -> dict[str, Any]:
+        body = {} if name is None else {"name": name}
+        # Not retried: a lost answer would leave a project behind and make another.
+        result: dict[str, Any] = await self._call("POST", "/api/projects", body, retry=False)
+        return result
+
+    async def projects(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self._call("GET", "/api/projects"))["projects"]
+        return result
+
+    async def project(self, project_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/api/projects/{_seg(project_id)}")
+        return result
+
+    async def generate(
+        self,
+        project_id: str,
+        prompt: str,
+        image_urls: list[str] | None = None,
+        *,
+        client_request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a generation: {generation, user_message, assistant_message, stream_url,
+        created}. Every attempt carries the same client_request_id, so a retry after a
+        lost answer gets the generation the first attempt made instead of a second one."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "client_request_id": client_request_id or uuid.uuid4().hex,
+        }
+        if image_urls:
+            body["image_urls"] = list(image_urls)
+        path = f"/api/projects/{_seg(project_id)}/generations"
+        result: dict[str, Any] = await self._call("POST", path, body, retry=True)
+        return result
+
+    async def generation(self, generation_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/api/generations/{_seg(generation_id)}")
+        return result
+
+    async def cancel(self, generation_id: str) -> dict[str, Any]:
+        """Cancel (idempotent); returns the generation in its final state."""
+        path = f"/api/generations/{_seg(generation_id)}/cancel"
+        result: dict[str, Any] = await self._call("POST", path, retry=True)
+        return result
+
+    async def messages(self, project_id: str) -> list[dict[str, Any]]:
+        body = await self._call("GET", f"/api/projects/{_seg(project_id)}/messages")
+        result: list[dict[str, Any]] = body["messages"]
+        return result
+
+    async def files(self, project_id: str) -> list[dict[str, Any]]:
+        body = await self._call("GET", f"/api/projects/{_seg(project_id)}/files")
+        result: list[dict[str, Any]] = body["files"]
+        return result
+
+    async def file(self, project_id: str, path: str) -> dict[str, Any]:
+        """One file with its `content`."""
+        url = f"/api/projects/{_seg(project_id)}/files/{quote(path, safe='/')}"
+        result: dict[str, Any] = await self._call("GET", url)
+        return result
+
+    async def _call(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
+        """One API call; with `retry`, connection errors and 502/503/504 are retried."""
+        failures = 0
+        while True:
+            try:
+                return await self._call_once(method, path, body)
+            except GenstreamError as exc:
+                failures += 1
+                if not retry or not _transient(exc) or self._gave_up(failures):
+                    raise
+                delay = self._backoff.delay(failures - 1, None)
+                await asyncio.sleep(max(delay, _retry_after(exc)))
+
+    async def _call_once(self, method: str, path: str, body: Any) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            async with self._http.request(
+                method,
+                self.url + path,
+                data=data,
+                headers=headers,
+                timeout=self._request_timeout,
+            ) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise _api_error(response, raw)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(self.url, exc) from exc
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise GenstreamError(
+                response.status, "invalid_response", f"not JSON: {raw[:200]!r}"
+            ) from exc
+
+    def _gave_up(self, failures: int) -> bool:
+        return self._max_attempts is not None and failures >= self._max_attempts
+
+    # -- streams ----------------------------------------------------------------------
+
+    async def stream(
+        self, project_id: str, last_event_id: int | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """Every event of the project after `last_event_id` (0: all of them; None: from
+        now on), following live for as long as the caller iterates."""
+        if last_event_id is None:
+            # Pin "now" to an id: reconnecting without a cursor would skip what
+            # happened while the connection was down.
+            last_event_id = int((await self.project(project_id))["last_event_id"])
+        path = f"/api/projects/{_seg(project_id)}/stream"
+        async for event in self._follow(path, last_event_id, generation_id=None):
+            yield event
+
+    async def stream_generation(
+        self, generation_id: str, last_event_id: int | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The generation's events (from its first, or after `last_event_id`); ends after
+        its terminal event: generation.completed, .failed or .cancelled."""
+        path = f"/api/generations/{_seg(generation_id)}/stream"
+        async for event in self._follow(path, last_event_id, generation_id=generation_id):
+            yield event
+
+    async def _follow(
+        self, path: str, cursor: int | None, generation_id: str | None
+    ) -> AsyncGenerator[Event, None]:
+        failures = 0
+        retry_ms: int | None = None
+        while True:
+            parser = SSEParser()
+            wait_at_least = 0.0
+            try:
+                async with self._open_stream(path, cursor) as response:
+                    failures = 0
+                    seen_before = cursor
+                    async for chunk in response.content.iter_any():
+                        for message in parser.feed(chunk):
+                            event = _event(message)
+                            # Whatever the server or a proxy replays, an id at or below
+                            # the cursor was yielded already.
+                            if cursor is not None and event.id <= cursor:
+                                continue
+                            cursor = event.id
+                            yield event
+                            if generation_id is not None and event.terminal:
+                                return
+                    parser.close()
+                    if (
+                        generation_id is not None
+                        and cursor == seen_before
+                        and await self._generation_over(generation_id)
+                    ):
+                        return  # a cursor past the end: the server closes at once
+            except GenstreamError as exc:
+                if not _transient(exc):
+                    raise
+                failures += 1
+                wait_at_least = _retry_after(exc)
+                if self._gave_up(failures):
+                    raise
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures += 1
+                if self._gave_up(failures):
+                    raise _unreachable(self.url, exc) from exc
+            if parser.retry_ms is not None:
+                retry_ms = parser.retry_ms
+            delay = self._backoff.delay(failures, retry_ms)
+            await asyncio.sleep(max(delay, wait_at_least))
+
+    @asynccontextmanager
+    async def _open_stream(
+        self, path: str, cursor: int | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if cursor is not None:
+            headers["Last-Event-ID"] = str(cursor)
+        async with self._http.get(self.url + path, headers=headers) as response:
+            if response.status != 200:
+                raise _api_error(response, await response.read())
+            if response.content_type != "text/event-stream":
+                raise GenstreamError(
+                    NO_STATUS, "not_event_stream", f"{path} answered {response.content_type}"
+                )
+            yield response
+
+    async def _generation_over(self, generation_id: str) -> bool:
+        generation = await self.generation(generation_id)
+        return generation["status"] not in ACTIVE_STATUSES
+
+
+def _event(message: Message) -> Event:
+    try:
+        raw = orjson.loads(message.data)
+    except orjson.JSONDecodeError as exc:
+        raise GenstreamError(
+            NO_STATUS, "invalid_event", f"event data is not JSON: {message.data[:200]!r}"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise GenstreamError(NO_STATUS, "invalid_event", f"not a genstream event: {raw!r:.200}")
+    return Event.from_dict(raw)
+
+
+def _api_error(response: aiohttp.ClientResponse, raw: bytes) -> GenstreamError:
+    """The server's {"error": {"code", "message"}}, or what a proxy said instead."""
+    try:
+        body = orjson.loads(raw)
+        error = body["error"]
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        retry_after = response.headers.get("Retry-After")
+        if retry_after is not None:
+            details["retry_after"] = retry_after
+        return GenstreamError(response.status, str(error["code"]), str(error["message"]), details)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        text = raw[:200].decode(errors="replace").strip() or (response.reason or "")
+        return GenstreamError(response.status, "http_error", text)
+
+
+def _transient(error: GenstreamError) -> bool:
+    """Worth another attempt: no answer at all, or a proxy or server busy for a moment."""
+    return error.code == UNREACHABLE or error.status in RETRYABLE_STATUSES
+
+
+def _retry_after(error: GenstreamError) -> float:
+    """Seconds the server asked to wait (a 503 carries Retry-After), else 0."""
+    value = error.details.get("retry_after")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return float(value)
+    return 0.0
+
+
+def _unreachable(url: str, exc: BaseException) -> GenstreamError:
+    reason = str(exc) or type(exc).__name__
+    return GenstreamError(NO_STATUS, UNREACHABLE, f"no answer from {url}: {reason}")
+
+
+def _seg(value: str) -> str:
+    """An id as one URL path segment: a `/` or `?` in it cannot reach another route."""
+    return quote(value, safe="")
