@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean demo-openai
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,18 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/genstream serve
+
+# genstream on a local OpenAI-compatible server (README "Real models"). Ollama by default:
+#   ollama pull qwen2.5-coder:7b && make demo-openai
+#   make demo-openai DEMO_BASE_URL=http://127.0.0.1:8081/v1 DEMO_MODEL=local  # llama.cpp
+DEMO_BASE_URL ?= http://127.0.0.1:11434/v1
+DEMO_MODEL ?= qwen2.5-coder:7b
+demo-openai: $(STAMP)
+	@$(BIN)/python -c "import socket, sys, urllib.parse; u = urllib.parse.urlsplit(sys.argv[1]); socket.create_connection((u.hostname, u.port or 80), timeout=3).close()" '$(DEMO_BASE_URL)' 2>/dev/null \
+		|| { echo "no OpenAI-compatible server answers at $(DEMO_BASE_URL): start one (ollama serve, or llama-server -m MODEL.gguf --port 8081) or set DEMO_BASE_URL"; exit 1; }
+	GENSTREAM_GENERATION_PROVIDER=openai GENSTREAM_OPENAI_BASE_URL='$(DEMO_BASE_URL)' \
+		GENSTREAM_OPENAI_MODEL='$(DEMO_MODEL)' OPENAI_API_KEY="$${OPENAI_API_KEY:-local}" \
+		$(BIN)/genstream serve
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -9,7 +9,6 @@ from typing import Final
 from service.config import ConfigError, Settings
 from service.providers.base import Provider
 from service.providers.offline import OfflineProvider
-from service.providers.openai_provider import OpenAIProvider
 
 # The key is read from the environment only, so no config file can leak it.
 API_KEY_VARIABLE: Final = "OPENAI_API_KEY"
@@ -30,6 +29,10 @@ def make_provider(settings: Settings, environ: Mapping[str, str] | None = None) 
                 f"generation.provider = openai needs {API_KEY_VARIABLE} in the environment "
                 "(any non-empty value for a local server such as Ollama)"
             )
+        # Imported here: the openai SDK is slow to import and only this provider needs
+        # it; and service.prompts (which it imports) imports this package's base.
+        from service.providers.openai_provider import OpenAIProvider
+
         return OpenAIProvider(settings.openai, api_key)
     raise ConfigError(
         f"generation.provider: unknown provider {name!r} (known: offline, openai, auto)"

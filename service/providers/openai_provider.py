@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import math
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -63,6 +64,9 @@ class OpenAIProvider:
         self.settings = settings
         self.model = settings.model
         self._api_key = api_key
+        # Built once: loading the CA store costs 100-500 ms on this machine, which a
+        # client per generation would otherwise add to every time to first token.
+        self._tls = ssl.create_default_context()
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
         messages = build_messages(request, self.settings.context_chars)
@@ -88,13 +92,15 @@ class OpenAIProvider:
                 await asyncio.sleep(delay)
 
     def _client(self) -> openai.AsyncOpenAI:
+        # The read timeout bounds the silence between two chunks, not the whole answer:
+        # a long generation that keeps streaming is never cut by it.
+        timeout = self.settings.request_timeout_seconds
         return openai.AsyncOpenAI(
             api_key=self._api_key,
             base_url=self.settings.base_url or None,
-            # The read timeout bounds the silence between two chunks, not the whole
-            # answer: a long generation that keeps streaming is never cut by it.
-            timeout=self.settings.request_timeout_seconds,
+            timeout=timeout,
             max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(verify=self._tls, timeout=timeout),
         )
 
     def _retry_delay(self, error: ProviderError, retries: int, attempt: _Attempt) -> float | None:
