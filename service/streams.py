@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 CURSOR_PARAM = "last_event_id"
 GOODBYE = sse.comment("server shutting down, reconnect")
 TOO_SLOW = sse.comment("too far behind, reconnect to resume")
+# The kernel gives up on unacknowledged data after this many send timeouts: later than
+# a stuck write's own timeout (which names the reason), soon enough for a quiet stream.
+UNACKED_TIMEOUT_FACTOR = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ async def stream(
     try:
         response = web.StreamResponse(headers=sse.HEADERS)
         await response.prepare(request)
-        _limit_unacked_time(request, settings.send_timeout_seconds)
+        _limit_unacked_time(request, settings.send_timeout_seconds * UNACKED_TIMEOUT_FACTOR)
         subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
         # First bytes at once: EventSource fires `open` and proxies see a live response.
         await _write(response, progress, sse.retry(settings.retry_ms) + sse.comment("connected"))
