@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean demo-openai
+.PHONY: install run test lint bench clean demo-openai browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ demo-openai: $(STAMP)
 		GENSTREAM_OPENAI_MODEL='$(DEMO_MODEL)' OPENAI_API_KEY="$${OPENAI_API_KEY:-local}" \
 		$(BIN)/genstream serve
 
-test: $(STAMP)
+# The web page's tests drive Debian's chromium through Playwright (executable_path): a
+# system package, installed only when missing. Playwright never downloads a browser here.
+CHROMIUM := /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(STAMP) browser
 	$(BIN)/pytest
 
 lint: $(STAMP)

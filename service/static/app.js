@@ -1,0 +1,356 @@
+// The page: wires the API, the event feed, the project state and the views together.
+//
+// Opening a project (also on reload, in the middle of a generation): the project, its
+// messages and files over REST; if a generation is running, that generation's events
+// replayed from its first one (so partial text and half-written files show); then ONE
+// EventSource on the project stream from the last event applied.
+
+import { api, filePath, onTokenNeeded, segment } from "./api.js";
+import { ChatView } from "./chat.js";
+import { DebugDrawer } from "./debug.js";
+import { $, el } from "./dom.js";
+import { Feed, replay, TERMINAL_TYPES } from "./feed.js";
+import { FilesView } from "./files.js";
+import { ProgressView } from "./progress.js";
+import { DEFAULT_STAGES, ProjectState } from "./state.js";
+
+const CONNECTION_LABELS = {
+  idle: "Not connected",
+  connecting: "Connecting...",
+  live: "Live",
+  reconnecting: "Reconnecting...",
+  polling: "Polling every 2 s (stream unavailable)",
+  "poll-error": "Offline, retrying...",
+};
+
+const ui = {
+  select: $("project-select"),
+  newProject: $("new-project"),
+  connection: $("connection"),
+  composer: $("composer"),
+  prompt: $("prompt"),
+  send: $("send"),
+  cancel: $("cancel"),
+  note: $("composer-note"),
+};
+const chat = new ChatView();
+const progress = new ProgressView();
+const files = new FilesView({
+  onSelect: (path) => {
+    loadFile(path);
+    schedule();
+  },
+});
+const debug = new DebugDrawer();
+
+const NO_PROJECT = new ProjectState(null);
+let state = null; // the open project's ProjectState
+let feed = null;
+let opening = 0; // bumped per openProject: answers for an older one are dropped
+let opened = Promise.resolve();
+let frame = 0;
+let busy = false; // a submit or cancel request is in flight
+const fetching = new Set();
+
+function schedule() {
+  frame ||= requestAnimationFrame(render);
+}
+
+function render() {
+  frame = 0;
+  const shown = state ?? NO_PROJECT;
+  chat.render(shown);
+  progress.render(shown, DEFAULT_STAGES);
+  files.render(shown);
+  debug.flush();
+  if (debug.open) debug.renderTimings(shown.generation);
+  const generating = Boolean(state?.generating);
+  ui.prompt.disabled = generating;
+  ui.send.hidden = generating;
+  ui.send.disabled = busy;
+  ui.cancel.hidden = !generating;
+  ui.cancel.disabled = busy;
+  document.body.dataset.generating = String(generating);
+}
+
+function note(text) {
+  ui.note.textContent = text;
+}
+
+// -- dialogs (the token, a new project's name) -------------------------------------------
+
+function ask({ title, text, placeholder = "", secret = false, cancellable = true }) {
+  const dialog = $("ask");
+  const input = $("ask-input");
+  $("ask-title").textContent = title;
+  $("ask-text").textContent = text;
+  input.type = secret ? "password" : "text";
+  input.placeholder = placeholder;
+  input.value = "";
+  $("ask-cancel").hidden = !cancellable;
+  return new Promise((resolve) => {
+    const finish = (value) => {
+      $("ask-form").onsubmit = null;
+      $("ask-cancel").onclick = null;
+      dialog.oncancel = null;
+      dialog.close();
+      resolve(value);
+    };
+    $("ask-form").onsubmit = (event) => {
+      event.preventDefault();
+      const value = input.value.trim();
+      if (secret && !value) return;
+      finish(value);
+    };
+    $("ask-cancel").onclick = () => finish(null);
+    dialog.oncancel = (event) => {
+      event.preventDefault();
+      if (cancellable) finish(null);
+    };
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+onTokenNeeded((rejected) =>
+  ask({
+    title: "Access token",
+    text: rejected ? "That token was not accepted. Try again." : "This genstream server needs an access token.",
+    placeholder: "token",
+    secret: true,
+    cancellable: false,
+  }),
+);
+
+// -- projects ------------------------------------------------------------------------------
+
+function setUrl(projectId, push) {
+  const url = new URL(location.href);
+  if (projectId) url.searchParams.set("project", projectId);
+  else url.searchParams.delete("project");
+  if (url.href !== location.href) history[push ? "pushState" : "replaceState"](null, "", url);
+}
+
+async function loadProjects() {
+  const { projects } = await api("GET", "/api/projects");
+  const options = projects
+    .slice()
+    .reverse()
+    .map((project) => {
+      const option = el("option", "", project.name);
+      option.value = project.id;
+      return option;
+    });
+  if (!options.length) {
+    const none = el("option", "", "No projects yet");
+    none.value = "";
+    options.push(none);
+  }
+  ui.select.replaceChildren(...options);
+  if (state) ui.select.value = state.project.id;
+  return projects;
+}
+
+async function createProject(name) {
+  const project = await api("POST", "/api/projects", name ? { name } : {});
+  await loadProjects();
+  await openProject(project.id, true);
+  return project;
+}
+
+// Resolves once the page shows the project (or has given up on it).
+function openProject(projectId, push) {
+  opened = loadProject(projectId, push);
+  return opened;
+}
+
+async function loadProject(projectId, push) {
+  const ticket = ++opening;
+  delete document.body.dataset.project;
+  feed?.stop();
+  feed = null;
+  state = null;
+  chat.reset();
+  files.reset();
+  note("");
+  setUrl(projectId, push);
+  ui.select.value = projectId;
+  try {
+    const path = `/api/projects/${segment(projectId)}`;
+    const project = await api("GET", path);
+    const [{ messages }, { files: list }] = await Promise.all([
+      api("GET", `${path}/messages`),
+      api("GET", `${path}/files`),
+    ]);
+    if (ticket !== opening) return;
+    const next = new ProjectState(project);
+    next.setMessages(messages);
+    next.setFiles(list);
+    let cursor = project.last_event_id;
+    const active = project.active_generation;
+    if (active) {
+      next.beginGeneration(active);
+      cursor = await replay(projectId, active.first_event_id - 1, (event) => {
+        next.apply(event);
+        debug.event(event, "replay");
+      });
+    } else {
+      const last = messages.findLast((m) => m.generation_id)?.generation_id;
+      if (last) next.showEnded(await api("GET", `/api/generations/${segment(last)}`));
+    }
+    if (ticket !== opening) return;
+    state = next;
+    document.body.dataset.project = projectId;
+    feed = new Feed(projectId, { onEvent, onState });
+    feed.start(cursor);
+  } catch (error) {
+    if (ticket !== opening) return;
+    note(error.status === 404 ? "That project does not exist (any more)." : error.message);
+    setUrl(null, false);
+  }
+  schedule();
+}
+
+function onEvent(event, via) {
+  if (!state || event.project_id !== state.project.id) return;
+  state.apply(event);
+  debug.event(event, via);
+  schedule();
+  // The database is the truth: once a generation ends, take its messages and files.
+  if (TERMINAL_TYPES.has(event.type)) resync(state);
+}
+
+async function resync(current) {
+  const path = `/api/projects/${segment(current.project.id)}`;
+  try {
+    const [{ messages }, { files: list }] = await Promise.all([
+      api("GET", `${path}/messages`),
+      api("GET", `${path}/files`),
+    ]);
+    if (current !== state) return;
+    current.setMessages(messages);
+    current.setFiles(list);
+    schedule();
+  } catch (error) {
+    note(`Could not refresh: ${error.message}`);
+  }
+}
+
+function onState(connection, detail) {
+  const label = CONNECTION_LABELS[connection] ?? connection;
+  ui.connection.dataset.state = connection;
+  ui.connection.textContent = label;
+  ui.connection.title = detail;
+  debug.state(connection, detail ? `${label} (${detail})` : label);
+}
+
+async function loadFile(path) {
+  const current = state;
+  const file = current?.files.get(path);
+  if (!file || file.writing || file.content !== null || fetching.has(path)) return;
+  fetching.add(path);
+  try {
+    const answer = await api("GET", `/api/projects/${segment(current.project.id)}/files/${filePath(path)}`);
+    const known = current.files.get(path);
+    if (known && !known.writing && known.sha256 === answer.sha256) {
+      known.content = answer.content;
+      current.touch("files");
+    }
+  } catch (error) {
+    note(`Could not open ${path}: ${error.message}`);
+  } finally {
+    fetching.delete(path);
+    schedule();
+  }
+}
+
+// -- chat ------------------------------------------------------------------------------------
+
+function requestId() {
+  return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
+async function submit() {
+  const prompt = ui.prompt.value;
+  if (!prompt.trim() || busy || state?.generating) return;
+  busy = true;
+  note("");
+  render();
+  try {
+    await opened;
+    if (!state) await createProject(prompt.trim().split(/\s+/).slice(0, 6).join(" ").slice(0, 60));
+    const current = state;
+    const answer = await api("POST", `/api/projects/${segment(current.project.id)}/generations`, {
+      prompt,
+      client_request_id: requestId(),
+    });
+    current.upsertMessage(answer.user_message);
+    current.upsertMessage(answer.assistant_message);
+    current.beginGeneration(answer.generation);
+    ui.prompt.value = "";
+  } catch (error) {
+    note(error.message);
+  } finally {
+    busy = false;
+    schedule();
+  }
+}
+
+async function cancel() {
+  const generation = state?.generation;
+  if (!generation || busy) return;
+  busy = true;
+  render();
+  try {
+    await api("POST", `/api/generations/${segment(generation.id)}/cancel`);
+  } catch (error) {
+    note(error.message);
+  } finally {
+    busy = false;
+    schedule();
+  }
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+ui.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit();
+  }
+});
+ui.cancel.addEventListener("click", cancel);
+ui.select.addEventListener("change", () => {
+  if (ui.select.value) openProject(ui.select.value, true);
+});
+ui.newProject.addEventListener("click", async () => {
+  const name = await ask({ title: "New project", text: "A name for it (optional).", placeholder: "My project" });
+  if (name === null) return;
+  try {
+    await createProject(name);
+    ui.prompt.focus();
+  } catch (error) {
+    note(error.message);
+  }
+});
+window.addEventListener("popstate", () => {
+  const wanted = new URLSearchParams(location.search).get("project");
+  if (wanted && wanted !== state?.project.id) openProject(wanted, false);
+});
+
+async function start() {
+  try {
+    const projects = await loadProjects();
+    const wanted = new URLSearchParams(location.search).get("project");
+    const chosen = wanted ?? projects.at(-1)?.id;
+    if (chosen) await openProject(chosen, false);
+    else render();
+  } catch (error) {
+    note(error.message);
+  }
+  document.body.dataset.ready = "true";
+}
+
+start();

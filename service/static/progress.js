@@ -1,0 +1,65 @@
+// The stepper: Planning -> Generating -> Validating -> Complete, the percentage and the
+// file being written.
+
+import { $, duration, el } from "./dom.js";
+
+const ENDED_LABELS = { cancelled: "Cancelled", failed: "Failed" };
+
+export class ProgressView {
+  constructor() {
+    this.stepper = $("stepper");
+    this.fill = $("bar-fill");
+    this.bar = this.fill.parentElement;
+    this.percent = $("percent");
+    this.current = $("current-file");
+    this.state = null;
+    this.version = -1;
+  }
+
+  render(state, stages) {
+    if (state === this.state && state.versions.progress === this.version) return;
+    this.state = state;
+    this.version = state.versions.progress;
+    const generation = state.generation;
+    const list = generation?.stages ?? stages;
+    const index = generation ? list.findIndex((s) => s.id === generation.stage) : -1;
+    const ended = generation && !state.generating;
+    this.stepper.replaceChildren(
+      ...list.map((stage, i) => {
+        const item = el("li", "step");
+        item.dataset.stage = stage.id;
+        let status = "todo";
+        if (i < index || (i === index && generation.stageStatus === "complete")) status = "done";
+        else if (i === index) status = ended ? "stopped" : "active";
+        if (generation?.status === "completed") status = "done";
+        item.dataset.status = status;
+        item.append(el("span", "dot", status === "done" ? "\u2713" : String(i + 1)), el("span", "label", stage.label));
+        if (status === "active") item.setAttribute("aria-current", "step");
+        return item;
+      }),
+    );
+    const progress = generation?.progress ?? 0;
+    this.fill.style.width = `${progress}%`;
+    this.bar.setAttribute("aria-valuenow", String(progress));
+    this.bar.dataset.status = generation?.status ?? "idle";
+    this.percent.textContent = `${progress}%`;
+    this.current.textContent = describe(state, generation);
+    this.current.dataset.status = generation?.status ?? "idle";
+  }
+}
+
+function describe(state, generation) {
+  if (!generation) return "Idle: send a prompt to start a generation.";
+  if (generation.currentFile) return `Writing ${generation.currentFile}`;
+  if (state.generating) {
+    const stage = generation.stages.find((s) => s.id === generation.stage);
+    return stage ? `${stage.label}...` : "Waiting for a free slot...";
+  }
+  if (generation.status in ENDED_LABELS) {
+    const reason = generation.error ? `: ${generation.error.message}` : "";
+    return `${ENDED_LABELS[generation.status]}${reason}`;
+  }
+  if (generation.summary) return generation.summary;
+  const total = generation.timings?.total_ms;
+  return total == null ? "Complete." : `Complete in ${duration(total)}.`;
+}

@@ -1,0 +1,188 @@
+// What the page knows about one project, built from REST snapshots and events.
+// Every event, streamed or polled or replayed, goes through `apply`.
+
+export const DEFAULT_STAGES = [
+  { id: "planning", label: "Planning" },
+  { id: "generating", label: "Generating code" },
+  { id: "validating", label: "Validating" },
+  { id: "complete", label: "Complete" },
+];
+const ACTIVE = new Set(["pending", "running"]);
+const ENDINGS = {
+  "generation.completed": "completed",
+  "generation.failed": "failed",
+  "generation.cancelled": "cancelled",
+};
+
+function newGeneration(id, from = {}) {
+  return {
+    id,
+    status: from.status ?? "pending",
+    stage: from.stage ?? null,
+    stageStatus: "active",
+    progress: from.progress ?? 0,
+    stages: DEFAULT_STAGES,
+    currentFile: null,
+    stageTimes: {},
+    error: from.error ?? null,
+    timings: from.timings ?? null,
+    summary: "",
+  };
+}
+
+export class ProjectState {
+  constructor(project) {
+    this.project = project;
+    this.messages = new Map(); // id -> {id, role, status, content, streamed, created_at}
+    this.files = new Map(); // path -> {path, size, sha256, content|null, writing}
+    this.generation = null;
+    // Bumped on each change, so views redraw only what moved.
+    this.versions = { messages: 0, files: 0, progress: 0 };
+  }
+
+  get generating() {
+    return this.generation !== null && ACTIVE.has(this.generation.status);
+  }
+
+  touch(...parts) {
+    for (const part of parts) this.versions[part] += 1;
+  }
+
+  upsertMessage(message) {
+    const known = this.messages.get(message.id);
+    if (known) {
+      // A snapshot newer than what we hold (a pending message that has ended) wins.
+      if (known.status === "pending" && message.status !== "pending") {
+        known.status = message.status;
+        known.content = message.content;
+        known.streamed = "";
+      }
+    } else {
+      this.messages.set(message.id, { ...message, streamed: "" });
+    }
+    this.touch("messages");
+  }
+
+  setMessages(list) {
+    const ids = new Set(list.map((m) => m.id));
+    for (const id of this.messages.keys()) if (!ids.has(id)) this.messages.delete(id);
+    for (const message of list) this.upsertMessage(message);
+  }
+
+  orderedMessages() {
+    // Map order is arrival order (user before assistant); sort is stable.
+    return [...this.messages.values()].sort((a, b) => a.created_at - b.created_at);
+  }
+
+  // The database's file list; files it does not hold (a cancelled run's) disappear.
+  setFiles(list) {
+    const paths = new Set(list.map((f) => f.path));
+    for (const path of this.files.keys()) {
+      if (!paths.has(path) && !this.files.get(path).writing) this.files.delete(path);
+    }
+    for (const file of list) {
+      const known = this.files.get(file.path);
+      if (known && known.writing) continue;
+      const content = known && known.sha256 === file.sha256 ? known.content : null;
+      this.files.set(file.path, { path: file.path, size: file.size, sha256: file.sha256, content, writing: false });
+    }
+    this.touch("files");
+  }
+
+  dropUnfinishedFiles() {
+    for (const [path, file] of this.files) if (file.writing) this.files.delete(path);
+    this.touch("files");
+  }
+
+  beginGeneration(generation) {
+    if (this.generation?.id === generation.id) return;
+    this.generation = newGeneration(generation.id, generation);
+    this.touch("progress");
+  }
+
+  // The state of an ended generation, shown until the next one starts.
+  showEnded(generation) {
+    const shown = newGeneration(generation.id, generation);
+    shown.stageStatus = "complete";
+    this.generation = shown;
+    this.touch("progress");
+  }
+
+  generationFor(event) {
+    if (!event.generation_id) return null;
+    if (this.generation?.id !== event.generation_id) {
+      if (event.type !== "message.created" && event.type !== "generation.started") return null;
+      this.generation = newGeneration(event.generation_id);
+    }
+    return this.generation;
+  }
+
+  apply(event) {
+    const generation = this.generationFor(event);
+    switch (event.type) {
+      case "message.created":
+        this.upsertMessage(event.message);
+        break;
+      case "generation.started":
+        generation.status = "running";
+        generation.stages = event.stages?.length ? event.stages : DEFAULT_STAGES;
+        break;
+      case "stage": {
+        if (!generation) break;
+        generation.stage = event.stage;
+        generation.stageStatus = event.status;
+        generation.progress = event.progress;
+        const times = (generation.stageTimes[event.stage] ??= { start: event.ts, end: null });
+        if (event.status === "complete") times.end = event.ts;
+        break;
+      }
+      case "message.delta": {
+        const message = this.messages.get(event.message_id);
+        if (message && message.status === "pending") {
+          message.streamed += event.delta;
+          this.touch("messages");
+        }
+        break;
+      }
+      case "file.started":
+        this.files.set(event.path, { path: event.path, size: 0, sha256: null, content: "", writing: true });
+        if (generation) generation.currentFile = event.path;
+        this.touch("files");
+        break;
+      case "file.delta": {
+        const file = this.files.get(event.path);
+        if (file && file.writing) {
+          file.content += event.delta;
+          file.size = file.content.length;
+          this.touch("files");
+        }
+        break;
+      }
+      case "file.completed": {
+        const file = this.files.get(event.path);
+        if (file) Object.assign(file, { writing: false, size: event.size, sha256: event.sha256 });
+        if (generation?.currentFile === event.path) generation.currentFile = null;
+        this.touch("files");
+        break;
+      }
+      case "message.updated": {
+        const message = this.messages.get(event.message.id);
+        if (message) {
+          Object.assign(message, { status: event.message.status, content: event.message.content, streamed: "" });
+          this.touch("messages");
+        }
+        break;
+      }
+      default:
+        if (event.type in ENDINGS && generation) {
+          generation.status = ENDINGS[event.type];
+          generation.currentFile = null;
+          generation.error = event.type === "generation.failed" ? { code: event.code, message: event.message } : null;
+          generation.timings = event.timings ?? generation.timings;
+          generation.summary = event.summary ?? "";
+          if (generation.status !== "completed") this.dropUnfinishedFiles();
+        }
+    }
+    this.touch("progress");
+  }
+}

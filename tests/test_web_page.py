@@ -1,0 +1,420 @@
+"""The built-in web page at `/`, driven in a real headless Chromium against a real server.
+
+Each test waits on what the page shows (Playwright's expect / wait_for_function, with
+timeouts) and ends by comparing the page with what the database holds, read over the API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
+from service.broker import Closed
+from tests.conftest import Genstream, MakeServer
+
+CHROMIUM: Final = Path("/usr/bin/chromium")
+# What a headless Chromium needs in a container, and nothing that phones home.
+CHROMIUM_ARGS: Final = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS: Final = Path(__file__).resolve().parent.parent / "test-artifacts"
+WAIT_MS: Final = 20_000
+# Slow enough to act in the middle of a generation (a few seconds for the offline project).
+SLOW: Final = {"tokens_per_second": 200}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is missing: `make test` installs Debian's chromium package",
+)
+
+# What the page shows, in the shapes the API uses, so it compares with the database.
+SNAPSHOT_JS: Final = """() => ({
+  messages: [...document.querySelectorAll("#messages li.message")].map((li) => ({
+    id: li.dataset.messageId,
+    status: li.dataset.status,
+    content: li.querySelector(".body").textContent,
+  })),
+  files: [...document.querySelectorAll("#tree .file")].map((b) => b.dataset.path).sort(),
+  writing: document.querySelectorAll("#tree .file[data-state=writing]").length,
+})"""
+VIEWER_TEXT_JS: Final = """() => [...document.querySelectorAll("#code .line")]
+  .map((line) => line.textContent).join("\\n")"""
+
+DURATION: Final = re.compile(r"^\d+(\.\d+)? m?s$")
+
+PageFactory = Callable[..., Awaitable[Page]]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    expect.set_options(timeout=WAIT_MS)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def new_page(browser: Browser) -> AsyncIterator[PageFactory]:
+    """Open a page at a URL in a fresh context (1280x800 unless told otherwise); an
+    uncaught script error in any page fails the test."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    async def make(url: str, **options: Any) -> Page:
+        options.setdefault("viewport", {"width": 1280, "height": 800})
+        context = await browser.new_context(**options)
+        contexts.append(context)
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(url)
+        await page.wait_for_selector("body[data-ready=true]")
+        return page
+
+    yield make
+    for context in contexts:
+        await context.close()
+    assert errors == []
+
+
+async def send(page: Page, prompt: str) -> None:
+    await page.fill("#prompt", prompt)
+    await page.press("#prompt", "Enter")
+
+
+def assistant(page: Page) -> Any:
+    return page.locator("#messages li.message.assistant").last
+
+
+async def database_view(gs: Genstream, project_id: str) -> dict[str, Any]:
+    messages = await gs.json("GET", f"/api/projects/{project_id}/messages")
+    files = await gs.json("GET", f"/api/projects/{project_id}/files")
+    return {
+        "messages": [
+            {"id": m["id"], "status": m["status"], "content": m["content"]}
+            for m in messages["messages"]
+        ],
+        "files": sorted(f["path"] for f in files["files"]),
+        "writing": 0,
+    }
+
+
+async def expect_page_shows_database(page: Page, gs: Genstream, project_id: str) -> None:
+    """Wait until the page shows exactly the database's messages and files."""
+    expected = await database_view(gs, project_id)
+    try:
+        await page.wait_for_function(
+            f"(expected) => JSON.stringify(({SNAPSHOT_JS})()) === JSON.stringify(expected)",
+            arg=expected,
+            timeout=WAIT_MS,
+        )
+    except PlaywrightTimeoutError:
+        assert await page.evaluate(SNAPSHOT_JS) == expected
+        raise
+
+
+async def expect_viewer_shows_file(page: Page, gs: Genstream, project_id: str, path: str) -> None:
+    stored = await gs.json("GET", f"/api/projects/{project_id}/files/{path}")
+    # The viewer draws one element per line; a final newline does not start another.
+    expected = stored["content"].removesuffix("\n")
+    await page.locator(f'#tree .file[data-path="{path}"]').click()
+    await expect(page.locator("#code")).to_have_attribute("data-path", path)
+    try:
+        await page.wait_for_function(
+            f"(expected) => ({VIEWER_TEXT_JS})() === expected", arg=expected, timeout=WAIT_MS
+        )
+    except PlaywrightTimeoutError:
+        assert await page.evaluate(VIEWER_TEXT_JS) == expected
+        raise
+
+
+def project_of(page: Page) -> str:
+    query = page.url.partition("?")[2]
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    return params["project"]
+
+
+async def test_prompt_streams_into_the_page_then_matches_the_database(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    # One slot: a generation started first holds it, so the page's one waits, pending.
+    gs = await make_server(offline=SLOW, generation={"max_concurrent": 1})
+    page = await new_page(gs.url + "/")
+
+    await page.click("#new-project")
+    await page.fill("#ask-input", "Word counter")
+    await page.click("#ask-ok")
+    await expect(page.locator("body")).to_have_attribute("data-project", re.compile("^prj_"))
+    project_id = project_of(page)
+    assert (await gs.json("GET", f"/api/projects/{project_id}"))["name"] == "Word counter"
+
+    blocker = await gs.generate(await gs.new_project("blocker"), "a slow package")
+    await send(page, "a command-line tool that counts words")
+    await expect(assistant(page).locator(".body")).to_have_text("Generating code...")
+    await expect(page.locator("#prompt")).to_be_disabled()
+    await expect(page.locator("#cancel")).to_be_visible()
+    await gs.json("POST", f"/api/generations/{blocker['generation']['id']}/cancel")
+
+    # Files appear in the tree and are typed into the viewer, cursor and current line.
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+    await expect(page.locator("#code .line.current .caret")).to_have_count(1)
+    await expect(page.locator("#stepper .step[data-status=active]")).to_have_attribute(
+        "data-stage", "generating"
+    )
+    await expect(page.locator("#current-file")).to_contain_text("Writing ")
+    await expect(assistant(page).locator(".body")).to_contain_text("I'll build")
+    # The third file (cli.py, the longest) is being typed: a good moment for a picture.
+    await expect(page.locator("#tree .file")).to_have_count(3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "web-page-generating.png")
+
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_page_shows_database(page, gs, project_id)
+    final = (await database_view(gs, project_id))["messages"][-1]["content"]
+    await expect(assistant(page).locator(".body")).to_have_text(final)
+    await expect(page.locator("#percent")).to_have_text("100%")
+    await expect(page.locator("#stepper .step[data-status=done]")).to_have_count(4)
+    await expect(page.locator("#prompt")).to_be_enabled()
+    for path in ("pyproject.toml", "README.md"):
+        await expect_viewer_shows_file(page, gs, project_id, path)
+    await page.screenshot(path=ARTIFACTS / "web-page.png")
+
+
+async def test_reload_mid_generation_shows_the_same_state_then_the_database(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    gs = await make_server(offline={"tokens_per_second": 100})
+    project_id = await gs.new_project("reload")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    await send(page, "a small package for tasks")
+    await expect(page.locator("#tree .file[data-state=done]")).not_to_have_count(0)
+
+    await page.reload()
+    await page.wait_for_selector("body[data-ready=true]")
+    # Rebuilt from REST and the generation's replayed events: partial text, a file in
+    # progress, the stage; and it carries on streaming.
+    await expect(page.locator("body")).to_have_attribute("data-generating", "true")
+    await expect(assistant(page).locator(".body")).to_contain_text("I'll build")
+    await expect(page.locator("#stepper .step[data-status=active]")).to_have_attribute(
+        "data-stage", "generating"
+    )
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+    await expect(page.locator("#messages li.message")).to_have_count(2)
+
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_page_shows_database(page, gs, project_id)
+    await expect_viewer_shows_file(page, gs, project_id, "small_package_tasks/core.py")
+
+
+async def test_cancel_stops_the_generation_and_the_page_shows_the_database(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    gs = await make_server(offline=SLOW)
+    project_id = await gs.new_project("cancel")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    await send(page, "a package")
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+
+    await page.click("#cancel")
+    await expect(assistant(page)).to_have_attribute("data-status", "cancelled")
+    await expect(assistant(page).locator(".status-note")).to_have_text("Cancelled")
+    await expect(page.locator("#stepper .step[data-status=stopped]")).to_have_count(1)
+    await expect(page.locator("#current-file")).to_have_text("Cancelled")
+    await expect(page.locator("#send")).to_be_visible()
+    await expect(page.locator("#cancel")).to_be_hidden()
+    await expect(page.locator("#prompt")).to_be_enabled()
+    # A cancelled generation stores no files: the half-written ones leave the tree.
+    await expect_page_shows_database(page, gs, project_id)
+    assert (await database_view(gs, project_id))["files"] == []
+
+
+async def test_debug_drawer_opens_with_the_shortcut_and_lists_every_event(
+    gs: Genstream, new_page: PageFactory
+) -> None:
+    project_id = await gs.new_project("debug")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    drawer = page.locator("#debug")
+    await expect(drawer).to_be_hidden()
+
+    await page.keyboard.press("Control+Shift+D")
+    await expect(drawer).to_be_visible()
+    await expect(page.locator("#debug-connection")).to_have_text("Live")
+    await send(page, "an api")
+    await expect(drawer.locator('li[data-type="generation.completed"]')).to_have_count(1)
+
+    stored = [event["id"] for event in await gs.events(project_id)]
+    shown = await drawer.locator("#debug-events li").evaluate_all(
+        "rows => rows.map((row) => Number(row.dataset.id))"
+    )
+    assert shown == stored
+    row = drawer.locator('#debug-events li[data-type="generation.started"]')
+    await row.locator("summary").click()
+    started = json.loads(await row.locator("pre.json").text_content() or "")
+    assert started["type"] == "generation.started"
+    assert started["stages"][0]["id"] == "planning"
+    for stage in ("planning", "generating", "validating"):
+        cell = drawer.locator(f'#debug-timings tr[data-stage="{stage}"] td')
+        await expect(cell).to_have_text(DURATION)
+
+    # Remembered across a reload, closed again by the shortcut, opened by ?debug=true.
+    await page.reload()
+    await expect(page.locator("#debug")).to_be_visible()
+    await page.keyboard.press("Control+Shift+D")
+    await expect(page.locator("#debug")).to_be_hidden()
+    await page.reload()
+    await expect(page.locator("#debug")).to_be_hidden()
+    await page.goto(f"{gs.url}/?project={project_id}&debug=true")
+    await expect(page.locator("#debug")).to_be_visible()
+
+
+async def test_script_in_prompt_and_model_output_shows_as_text(
+    gs: Genstream, new_page: PageFactory
+) -> None:
+    project_id = await gs.new_project("xss")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    prompt = (
+        'a landing page <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+    )
+    await send(page, prompt)
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_page_shows_database(page, gs, project_id)
+
+    await expect(page.locator("#messages li.message.user .body")).to_have_text(prompt)
+    # The model wrote an HTML file with a <script> tag: the viewer shows it as text.
+    await expect_viewer_shows_file(page, gs, project_id, "index.html")
+    await expect(page.locator("#code")).to_contain_text('<script src="script.js"></script>')
+    assert await page.locator("#messages script, #messages img, #code script").count() == 0
+    assert await page.evaluate("typeof window.__pwned") == "undefined"
+
+
+async def test_stream_drop_shows_reconnecting_then_resumes_without_gap_or_duplicate(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    # retry_ms: the browser's EventSource waits this long before reconnecting.
+    gs = await make_server(offline=SLOW, stream={"retry_ms": 100})
+    project_id = await gs.new_project("reconnect")
+    page = await new_page(f"{gs.url}/?project={project_id}&debug=true")
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await send(page, "a package")
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+
+    gs.services.broker.close_all(Closed.SLOW_CLIENT)
+    await expect(page.locator("#debug-connlog li[data-state=reconnecting]")).to_have_count(1)
+    await expect(page.locator("#debug-connlog li[data-state=live]")).to_have_count(2)
+    await expect(page.locator("#connection")).to_have_text("Live")
+
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_page_shows_database(page, gs, project_id)
+    # Every stored event reached the page once: the count, and the ids of the rows kept.
+    stored = [event["id"] for event in await gs.events(project_id)]
+    await expect(page.locator("#debug-count")).to_have_text(f"({len(stored)})")
+    shown = await page.locator("#debug-events li").evaluate_all(
+        "rows => rows.map((row) => Number(row.dataset.id))"
+    )
+    assert shown == stored[-len(shown) :]
+
+
+async def test_stream_drop_reconnects_then_falls_back_to_polling(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    # retry_ms: the browser's EventSource waits this long before reconnecting.
+    gs = await make_server(offline=SLOW, stream={"retry_ms": 100})
+    project_id = await gs.new_project("fallback")
+    page = await new_page(f"{gs.url}/?project={project_id}&debug=true")
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await send(page, "a package")
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+
+    async def refuse(route: Route) -> None:
+        await route.abort()
+
+    # Every new stream fails from now on; the open one is cut by the server.
+    await page.route("**/api/projects/*/stream*", refuse)
+    gs.services.broker.close_all(Closed.SLOW_CLIENT)
+    await expect(page.locator("#debug-connlog li[data-state=reconnecting]")).not_to_have_count(0)
+    await expect(page.locator("#connection")).to_have_text("Polling every 2 s (stream unavailable)")
+
+    await expect(assistant(page)).to_have_attribute("data-status", "success", timeout=30_000)
+    await expect_page_shows_database(page, gs, project_id)
+    polled = await page.locator('#debug-events li[data-type="generation.completed"]').text_content()
+    assert polled is not None and "poll" in polled
+
+
+async def test_token_is_asked_once_and_kept_for_the_session(
+    make_server: MakeServer, browser: Browser
+) -> None:
+    token = "s3cret-token"
+    gs = await make_server(auth={"token": token})
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(gs.url + "/")
+        dialog = page.locator("#ask")
+        await expect(dialog).to_be_visible()
+        await page.fill("#ask-input", "wrong")
+        await page.click("#ask-ok")
+        await expect(page.locator("#ask-text")).to_contain_text("not accepted")
+        await page.fill("#ask-input", token)
+        await page.click("#ask-ok")
+        await page.wait_for_selector("body[data-ready=true]")
+        assert await page.evaluate("sessionStorage.getItem('genstream.token')") == token
+
+        await send(page, "a cli")  # no project yet: the page creates one
+        await expect(assistant(page)).to_have_attribute("data-status", "success")
+        await expect(page.locator("#connection")).to_have_text("Live")
+        await page.reload()
+        await page.wait_for_selector("body[data-ready=true]")
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("#messages li.message")).to_have_count(2)
+    finally:
+        await context.close()
+
+
+async def test_page_fits_a_phone_screen_in_dark_mode(gs: Genstream, new_page: PageFactory) -> None:
+    project_id = await gs.new_project("phone")
+    await gs.wait_generation((await gs.generate(project_id, "a landing page"))["generation"]["id"])
+    page = await new_page(
+        f"{gs.url}/?project={project_id}",
+        viewport={"width": 390, "height": 844},
+        color_scheme="dark",
+        is_mobile=True,
+        has_touch=True,
+    )
+    await expect_page_shows_database(page, gs, project_id)
+    await expect(page.locator("#percent")).to_have_text("100%")
+    # Nothing wider than the screen: no sideways scrolling.
+    assert await page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(part) for part in background[4:-1].split(",")[:3])
+    assert red + green + blue < 150, background
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "web-page-phone-dark.png", full_page=True)
