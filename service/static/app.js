@@ -201,6 +201,8 @@ async function loadProject(projectId, push) {
     if (ticket !== opening) return;
     state = next;
     document.body.dataset.project = projectId;
+    // It ended while we replayed it: take the database's final messages and files.
+    if (active && !state.generating) resync(state);
     feed = new Feed(projectId, { onEvent, onState });
     feed.start(cursor);
   } catch (error) {
