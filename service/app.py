@@ -25,7 +25,7 @@ from service.journal import Emit, Journal
 from service.metrics import Gauges, Metrics
 from service.openapi import SPEC
 from service.providers import make_provider
-from service.storage import Storage, Tx
+from service.storage import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,11 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     pruning: asyncio.Task[None] | None = None
     try:
-        await journal.transact(_close_stale_sessions)
-        await generations.recover()
+        try:
+            await journal.transact(_close_stale_sessions)
+            await generations.recover()
+        except ApiError as exc:  # a database that takes no write: refuse to start
+            raise StorageError(f"{settings.storage.path}: {exc.message}") from exc
         if retention.enabled(settings.storage):
             pruning = asyncio.create_task(
                 retention.run(journal, stats, settings.storage), name="retention"

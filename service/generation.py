@@ -9,6 +9,7 @@ generation whose status and event log disagree.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -43,7 +44,8 @@ PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
 STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
 # Waits between tries to record a generation's end while the database refuses writes
-# (busy, full): about 16 s in all, then the next start finishes it as interrupted.
+# (busy, full), then every 8 s until it lands or the server stops (the next start then
+# finishes it as interrupted). Its streams wait for that end, with heartbeats.
 END_RETRY_DELAYS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -495,12 +497,13 @@ class Generations:
             return True
 
         # A generation must end, or its streams wait forever: retry while the database
-        # refuses the write, for a bounded time.
-        for delay in (*END_RETRY_DELAYS, None):
+        # refuses the write (a full disk gets space again, a lock is released).
+        for attempt in itertools.count():
             try:
                 ended = await _uncancellable(self._journal.transact(end))
             except ApiError as exc:
-                if delay is None or self._closing or exc.code == "shutting_down":
+                delay = END_RETRY_DELAYS[min(attempt, len(END_RETRY_DELAYS) - 1)]
+                if self._closing or exc.code == "shutting_down":
                     log.error(
                         "could not record the end of generation %s (%s); the next start "
                         "finishes it as interrupted",

@@ -507,9 +507,7 @@ class Tx:
             (at, last_event_id, events_sent, reason, session_id),
         )
 
-    async def prune_events(
-        self, *, keep_per_project: int | None, older_than_ms: int | None
-    ) -> int:
+    async def prune_events(self, *, keep_per_project: int | None, older_than_ms: int | None) -> int:
         """Delete old events; never those of an active generation, nor the newest one
         (it carries the id the next process counts on from)."""
         spare = (

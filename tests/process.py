@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,17 @@ class ServerProcess:
     process: asyncio.subprocess.Process
     url: str
     http: aiohttp.ClientSession
-    log_path: Path
     db_path: Path
+    # The child's stderr, read from a pipe as it comes (a file would be subject to the
+    # child's own file-size limit in the disk-full test).
+    output: bytearray
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.output.decode(errors="replace")
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
@@ -75,26 +77,63 @@ def server_env(tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def server_process(tmp_path: Path, **settings: str) -> AsyncIterator[ServerProcess]:
-    """Start a server, wait until /healthz answers, and kill it at the end if still alive."""
+async def server_process(
+    tmp_path: Path, *, wrapper: Sequence[str] = (), **settings: str
+) -> AsyncIterator[ServerProcess]:
+    """Start a server (under `wrapper`, a command that runs the one after it), wait until
+    /healthz answers, and kill it at the end if still alive."""
     port = free_port()
     env = server_env(tmp_path, port, **settings)
-    log_path = tmp_path / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", env=env, stdout=log, stderr=log
-        )
+    process = await asyncio.create_subprocess_exec(
+        *wrapper,
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    output = bytearray()
+    assert process.stderr is not None
+    reading = asyncio.create_task(_collect(process.stderr, output))
     url = f"http://{LOOPBACK}:{port}"
     try:
         async with client_session() as http:
             db_path = Path(env["GENSTREAM_STORAGE_PATH"])
-            running = ServerProcess(process, url, http, log_path, db_path)
+            running = ServerProcess(process, url, http, db_path, output)
             await _wait_listening(running)
             yield running
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+        await process.wait()
+        await reading
+
+
+async def _collect(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        into.extend(chunk)
+
+
+async def run_to_exit(
+    tmp_path: Path, *, wrapper: Sequence[str] = (), **settings: str
+) -> tuple[int, str]:
+    """Run a server that is expected to refuse to start: its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *wrapper,
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        env=server_env(tmp_path, free_port(), **settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(START_TIMEOUT):
+        _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode(errors="replace")
 
 
 async def _wait_listening(server: ServerProcess) -> None:

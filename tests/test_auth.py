@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from service.app import create_app
 from service.config import ConfigError, Settings
 from service.server import check_exposure
 from tests.conftest import MakeServer
-from tests.process import free_port, server_env
+from tests.process import run_to_exit
 
 TOKEN = "s3cret-token"
 OPEN_PATHS = frozenset({"/healthz", "/"})
@@ -100,20 +98,8 @@ def test_remote_host_without_token_is_refused(
 async def test_serve_on_a_remote_host_without_token_exits_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
-    env = server_env(tmp_path, free_port(), server_host="0.0.0.0")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(20):
-        _, stderr = await process.communicate()
-    assert process.returncode == 2
-    message = stderr.decode()
+    code, message = await run_to_exit(tmp_path, server_host="0.0.0.0")
+    assert code == 2
     assert "server.host = '0.0.0.0'" in message
     assert "allow_remote_without_token" in message
     assert not (tmp_path / "genstream.db").exists()  # refused before opening anything
