@@ -119,13 +119,19 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     async with server_process(
         tmp_path,
         server_shutdown_grace_seconds="60",
+        server_max_body_bytes="2000000",
+        generation_max_prompt_chars="1000000",
         stream_send_timeout_seconds="60",
         stream_queue_size="1000000",
     ) as server:
         project_id = await server.new_project()
-        for _ in range(6):  # about 200 KB of events to replay
+        # Over 8 MB of events to replay: more than every buffer on the way holds.
+        for n in range(8):
             body = await server.json(
-                "POST", f"/api/projects/{project_id}/generations", status=202, json={"prompt": "x"}
+                "POST",
+                f"/api/projects/{project_id}/generations",
+                status=202,
+                json={"prompt": str(n) * 1_000_000},
             )
             async with server.http.get(
                 f"{server.url}/api/generations/{body['generation']['id']}/stream"
