@@ -298,10 +298,16 @@ async def test_script_in_prompt_and_model_output_shows_as_text(
 ) -> None:
     project_id = await gs.new_project("xss")
     page = await new_page(f"{gs.url}/?project={project_id}")
-    prompt = (
-        'a landing page <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
-    )
-    await send(page, prompt)
+    first = "a landing page <script>window.__pwned = 1</script>"
+    second = '<img src=x onerror="window.__pwned = 2">'
+    # Shift+Enter is a new line in the prompt, not a send; Enter sends.
+    await page.fill("#prompt", first)
+    await page.press("#prompt", "Shift+Enter")
+    await page.locator("#prompt").press_sequentially(second)
+    prompt = f"{first}\n{second}"
+    await expect(page.locator("#prompt")).to_have_value(prompt)
+    assert await page.locator("#messages li.message").count() == 0
+    await page.press("#prompt", "Enter")
     await expect(assistant(page)).to_have_attribute("data-status", "success")
     await expect_page_shows_database(page, gs, project_id)
 
