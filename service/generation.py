@@ -426,6 +426,7 @@ class Generations:
 
         await self._journal.transact(finish)
         self._metrics.generations.labels("completed", "").inc()
+        log.info("generation %s completed: %s", run.generation_id, summary)
 
     async def _stage(self, run: _Run, stage: Stage, status: str, fraction: float) -> None:
         progress = stage.at(fraction)
@@ -520,7 +521,9 @@ class Generations:
                 await asyncio.sleep(delay)
                 continue
             if ended:
-                self._metrics.generations.labels(status, error.code if error else "").inc()
+                code = error.code if error else ""
+                self._metrics.generations.labels(status, code).inc()
+                log.info("generation %s %s %s", run.generation_id, status, code)
             return
 
 
