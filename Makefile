@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean demo-openai browser
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,13 +35,26 @@ CHROMIUM := /usr/bin/chromium
 browser:
 	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: $(STAMP) browser
+# The reverse-proxy test runs Debian's nginx on a loopback port: installed when missing.
+NGINX := /usr/sbin/nginx
+nginx:
+	test -x $(NGINX) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx)
+
+test: $(STAMP) browser nginx
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+
+# genstream, aiohttp-sse and a raw aiohttp server side by side (README "Performance");
+# about ten minutes on two cores. bench-smoke is the same at tiny sizes (part of `test`).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-smoke: $(STAMP)
+	$(BIN)/pytest -q tests/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
