@@ -7,6 +7,7 @@ transactions never interleave), and one reader for the HTTP reads and stream rep
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -192,11 +193,22 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------------
 
+    # A read is shielded from cancellation (a stream whose client left): cancelled between
+    # aiosqlite's execute and the cursor's close, it would leave a statement open, and its
+    # WAL read snapshot would hide later commits from the next reads on this connection
+    # (a project just created answered 404).
+
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return await asyncio.shield(self._fetch_all(sql, params))
+
+    async def _fetch_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        return await asyncio.shield(self._fetch_one(sql, params))
+
+    async def _fetch_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
         async with self._reader.execute(sql, params) as cursor:
             return await cursor.fetchone()
 
@@ -294,8 +306,7 @@ class Storage:
                 "ORDER BY id LIMIT ?"
             )
             params = (generation_id, after, limit)
-        async with self._reader.execute(sql, params) as cursor:
-            return [from_row(*row) for row in await cursor.fetchall()]
+        return [from_row(*row) for row in await self._all(sql, params)]
 
     async def streamed_text(self, generation_id: str) -> str:
         """The chat text a generation's message.delta events carried, joined."""

@@ -1,0 +1,83 @@
+"""Journal throughput: P producers each appending one event and awaiting its commit.
+
+    python -m bench.journal_bench --producers 1 10 100 --events 20000   (prints JSON)
+
+The journal runs in this process over a real SQLite file, as in the server: commit,
+then publish to the broker (no subscribers here, so this is the storage path alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import common
+from bench.load import percentile
+from service.broker import Broker
+from service.events import MESSAGE_DELTA, Draft
+from service.journal import Journal
+from service.storage import Storage
+
+TOPIC = "prj_bench"
+
+
+async def measure(path: str, producers: int, events: int, size: int) -> dict[str, Any]:
+    storage = await Storage.open(path)
+    journal = await Journal.start(storage, Broker(queue_size=1024))
+    latencies: list[float] = []
+    each = max(1, events // producers)
+
+    async def producer() -> None:
+        for _ in range(each):
+            started = time.perf_counter()
+            await journal.append(Draft(TOPIC, None, MESSAGE_DELTA, common.payload(size, 90)))
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(producer() for _ in range(producers)))
+        seconds = time.perf_counter() - started
+        commits = journal.stats.commits
+    finally:
+        await journal.close()
+        await storage.close()
+    ms = [s * 1000 for s in latencies]
+    return {
+        "producers": producers,
+        "events": each * producers,
+        "events_per_s": each * producers / seconds,
+        "p50_commit_ms": percentile(ms, 0.50),
+        "p99_commit_ms": percentile(ms, 0.99),
+        "commits": commits,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="genstream-bench-") as tmp:
+        for producers in args.producers:
+            path = str(Path(tmp) / f"journal-{producers}.db")
+            events = min(args.events, args.events_per_producer * producers)
+            results.append(await measure(path, producers, events, args.size))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--producers", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--events", type=int, default=20_000)
+    # One producer waits for every commit: bound its run time, not its event count.
+    parser.add_argument("--events-per-producer", type=int, default=5_000)
+    parser.add_argument("--size", type=int, default=200)
+    args = parser.parse_args()
+    print(orjson.dumps(common.run(main_async(args))).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""The load client: its own process, raw sockets, frames counted in raw bytes.
+
+Every stream counts `data: ` in the bytes it receives (one per event on every server
+measured) and notes when it has them all; only a sample of streams parses the
+hand-off time out of each event for latency. That keeps the client cheaper than the
+servers it measures: its CPU seconds are reported next to theirs.
+
+    python -m bench.load KIND URL PID MODE [options]   (prints one JSON object)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from bench import common
+
+DATA: Final = b"data: "
+HAND_OFF: Final = re.compile(rb'"t":(\d+)')
+CONNECT_CONCURRENCY: Final = 200
+COMPLETED: Final = b"event: generation.completed"
+
+
+@dataclass(frozen=True)
+class Server:
+    kind: str
+    url: str
+    pid: int
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        assert parts.hostname is not None and parts.port is not None
+        return parts.hostname, parts.port
+
+    def stream_path(self, topic: str, cursor: int | None) -> str:
+        if self.kind != "genstream":
+            return f"/stream/{topic}"
+        query = "" if cursor is None else f"?last_event_id={cursor}"
+        return f"/api/projects/{topic}/stream{query}"
+
+    def topic_path(self) -> str:
+        return "/api/projects" if self.kind == "genstream" else "/bench/topic"
+
+
+@dataclass(eq=False)
+class Reader(asyncio.Protocol):
+    """One SSE stream read off a raw socket."""
+
+    request: bytes
+    goal: int = 0
+    sampled: bool = False
+    on_goal: Callable[[Reader], None] | None = None
+    on_short: Callable[[Reader], None] | None = None  # closed before its goal
+    opened: asyncio.Future[int] = field(default_factory=lambda: _future())
+    closed: asyncio.Future[None] = field(default_factory=lambda: _future())
+    count: int = 0
+    done_ns: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+    _head: bytes = b""
+    _tail: bytes = b""
+    _lines: bytes = b""
+    transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are no asyncio.Transport subclass, but they are one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if not self.opened.done():
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0 or len(self._head) == end + 4:
+                return  # the status line and headers, but no byte of the stream yet
+            if not self._head.startswith(b"HTTP/1.1 200"):
+                self.opened.set_exception(RuntimeError(self._head[:200].decode("latin-1")))
+                return
+            data = self._head[end + 4 :]
+            self.opened.set_result(now)
+        joined = self._tail + data
+        self.count += joined.count(DATA)
+        self._tail = joined[-(len(DATA) - 1) :]
+        if self.sampled:
+            self._sample(data, now)
+        if self.goal and self.count >= self.goal and not self.done_ns:
+            self.done_ns = now
+            if self.on_goal is not None:
+                self.on_goal(self)
+
+    def reset(self, goal: int, sampled: bool) -> None:
+        self.goal, self.sampled, self.count, self.done_ns = goal, sampled, 0, 0
+        self._tail = self._lines = b""
+
+    def _sample(self, data: bytes, now: int) -> None:
+        self._lines += data
+        cut = self._lines.rfind(b"\n")
+        if cut < 0:
+            return
+        whole, self._lines = self._lines[:cut], self._lines[cut + 1 :]
+        self.latencies_ns.extend(now - int(m.group(1)) for m in HAND_OFF.finditer(whole))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed before the stream opened"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.goal and not self.done_ns and self.on_short is not None:
+            self.on_short(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+def _get(path: str, host: str, extra: str = "") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    ).encode()
+
+
+async def _open(server: Server, readers: list[Reader]) -> None:
+    host, port = server.host_port
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one(reader: Reader) -> None:
+        async with gate:
+            await loop.create_connection(lambda: reader, host, port)
+            await reader.opened
+
+    await asyncio.gather(*(one(reader) for reader in readers))
+
+
+def _client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _new_topic(http: aiohttp.ClientSession, server: Server) -> str:
+    async with http.post(server.url + server.topic_path(), json={"name": "bench"}) as response:
+        assert response.status == 201, await response.text()
+        topic: str = (await response.json())["id"]
+        return topic
+
+
+async def _inject(
+    http: aiohttp.ClientSession, server: Server, topic: str, n: int, size: int, rate: float = 0
+) -> int:
+    params = {"topic": topic, "n": str(n), "size": str(size), "rate": str(rate)}
+    async with http.post(server.url + "/bench/inject", params=params) as response:
+        assert response.status == 200, await response.text()
+        first: int = (await response.json())["first_ns"]
+        return first
+
+
+# -- modes ---------------------------------------------------------------------------
+
+
+async def fanout(
+    http: aiohttp.ClientSession,
+    server: Server,
+    subscribers: int,
+    events: int,
+    size: int,
+    sample: int,
+    latency_events: int,
+    latency_rate: float,
+) -> dict[str, Any]:
+    """`subscribers` streams on one topic. First `latency_events` at `latency_rate`/s, a
+    pace every server sustains: hand-off-to-arrival latency, timed on a sample of the
+    streams. Then a flood of `events` (one hand-off per loop turn of the server):
+    deliveries per second, the server's CPU seconds and peak RSS."""
+    topic = await _new_topic(http, server)
+    request = _get(server.stream_path(topic, 0), server.host_port[0])
+    readers = [Reader(request) for _ in range(subscribers)]
+    await _open(server, readers)
+    every = max(1, subscribers // sample)
+    try:
+        for i, reader in enumerate(readers):
+            reader.reset(latency_events, sampled=i % every == 0)
+        await _deliver(http, server, topic, readers, latency_events, size, latency_rate)
+        latencies = [ns / 1e6 for r in readers for ns in r.latencies_ns]
+        for reader in readers:
+            reader.reset(events, sampled=False)
+        common.reset_peak_rss(server.pid)
+        cpu0, client0 = common.cpu_seconds(server.pid), _client_cpu()
+        first_ns = await _deliver(http, server, topic, readers, events, size, 0)
+        cpu = common.cpu_seconds(server.pid) - cpu0
+        client = _client_cpu() - client0
+        last_ns = max(r.done_ns for r in readers)
+    finally:
+        for reader in readers:
+            reader.close()
+    seconds = (last_ns - first_ns) / 1e9
+    return {
+        "events_per_s": subscribers * events / seconds,
+        "seconds": seconds,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "latency_samples": len(latencies),
+        "server_cpu_s": cpu,
+        "server_peak_rss_mib": common.peak_rss_bytes(server.pid) / 2**20,
+        "client_cpu_s": client,
+    }
+
+
+async def _deliver(
+    http: aiohttp.ClientSession,
+    server: Server,
+    topic: str,
+    readers: list[Reader],
+    events: int,
+    size: int,
+    rate: float,
+) -> int:
+    """Have the server hand off `events`; wait until every reader has them all."""
+    remaining = len(readers)
+    all_there: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def reached(reader: Reader) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not all_there.done():
+            all_there.set_result(None)
+
+    def short(reader: Reader) -> None:
+        if not all_there.done():
+            all_there.set_exception(
+                RuntimeError(f"a stream closed after {reader.count} of {events} events")
+            )
+
+    for reader in readers:
+        reader.on_goal, reader.on_short = reached, short
+    first_ns = await _inject(http, server, topic, events, size, rate)
+    async with asyncio.timeout(600):
+        await all_there
+    return first_ns
+
+
+async def ttfb(http: aiohttp.ClientSession, server: Server, count: int) -> dict[str, Any]:
+    """A new stream, one after another: from connect to its first byte of body."""
+    topic = await _new_topic(http, server)
+    host, port = server.host_port
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    for _ in range(count):
+        reader = Reader(_get(server.stream_path(topic, None), host))
+        started = time.time_ns()
+        await loop.create_connection(lambda r=reader: r, host, port)  # type: ignore[misc]
+        times.append((await reader.opened - started) / 1e6)
+        reader.close()
+        await reader.closed
+    return {"median_ms": statistics.median(times), "p99_ms": percentile(times, 0.99)}
+
+
+async def idle(http: aiohttp.ClientSession, server: Server, streams: int) -> dict[str, Any]:
+    """Server memory per open stream with nothing to send, at `streams` streams."""
+    topic = await _new_topic(http, server)
+    before = common.rss_bytes(server.pid)
+    readers = [
+        Reader(_get(server.stream_path(topic, None), server.host_port[0])) for _ in range(streams)
+    ]
+    try:
+        await _open(server, readers)
+        await _quiet(server.pid)
+        after = common.rss_bytes(server.pid)
+    finally:
+        for reader in readers:
+            reader.close()
+    return {"streams": streams, "bytes_per_stream": (after - before) / streams}
+
+
+async def _quiet(pid: int) -> None:
+    """Until the server stops using CPU (its streams' bookkeeping is done), at most 10 s."""
+    for _ in range(50):
+        cpu = common.cpu_seconds(pid)
+        await asyncio.sleep(0.2)
+        if common.cpu_seconds(pid) - cpu < 0.01:
+            return
+
+
+async def replay(
+    http: aiohttp.ClientSession, server: Server, events: int, size: int
+) -> dict[str, Any]:
+    """`events` stored events, then one client resuming from cursor 0."""
+    topic = await _new_topic(http, server)
+    await _inject(http, server, topic, events, size)
+    done = asyncio.get_running_loop().create_future()
+    reader = Reader(
+        _get(server.stream_path(topic, 0), server.host_port[0]),
+        goal=events,
+        on_goal=lambda r: done.set_result(None),
+    )
+    cpu0 = common.cpu_seconds(server.pid)
+    started = time.time_ns()
+    try:
+        await _open(server, [reader])
+        async with asyncio.timeout(300):
+            await done
+    finally:
+        reader.close()
+    seconds = (reader.done_ns - started) / 1e9
+    return {
+        "events": events,
+        "events_per_s": events / seconds,
+        "seconds": seconds,
+        "server_cpu_s": common.cpu_seconds(server.pid) - cpu0,
+    }
+
+
+async def offline(http: aiohttp.ClientSession, server: Server, runs: int) -> dict[str, Any]:
+    """A prompt to the offline provider (rate 0) until its generation.completed arrives."""
+    topic = await _new_topic(http, server)
+    times: list[float] = []
+    for i in range(runs):
+        started = time.perf_counter()
+        async with http.post(
+            f"{server.url}/api/projects/{topic}/generations",
+            json={"prompt": f"a todo api, take {i}"},
+            headers={"Accept": "text/event-stream"},
+        ) as response:
+            assert response.status == 200, await response.text()
+            body = b""
+            async with asyncio.timeout(60):
+                while COMPLETED not in body:
+                    chunk = await response.content.readany()
+                    if not chunk:
+                        raise RuntimeError("the stream ended before generation.completed")
+                    body = body[-len(COMPLETED) :] + chunk
+            times.append((time.perf_counter() - started) * 1000)
+    return {"median_ms": statistics.median(times), "runs": runs}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    server = Server(args.kind, args.url, args.pid)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        if args.mode == "fanout":
+            return await fanout(
+                http,
+                server,
+                args.subscribers,
+                args.events,
+                args.size,
+                args.sample,
+                args.latency_events,
+                args.latency_rate,
+            )
+        if args.mode == "ttfb":
+            return await ttfb(http, server, args.count)
+        if args.mode == "idle":
+            return await idle(http, server, args.streams)
+        if args.mode == "replay":
+            return await replay(http, server, args.events, args.size)
+        return await offline(http, server, args.count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=("genstream", "aiohttp-sse", "raw"))
+    parser.add_argument("url")
+    parser.add_argument("pid", type=int)
+    parser.add_argument("mode", choices=("fanout", "ttfb", "idle", "replay", "offline"))
+    parser.add_argument("--subscribers", type=int, default=1)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=20)
+    parser.add_argument("--latency-events", type=int, default=100)
+    parser.add_argument("--latency-rate", type=float, default=100.0)
+    parser.add_argument("--count", type=int, default=30)
+    parser.add_argument("--streams", type=int, default=5000)
+    args = parser.parse_args()
+    common.raise_nofile()
+    print(orjson.dumps(common.run(main_async(args))).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""`make bench`: genstream and two references, side by side, on 127.0.0.1.
+
+Starts three servers as separate processes (genstream with a bench-only inject route,
+aiohttp-sse, a raw aiohttp server), drives each with the load client (bench/load.py,
+its own process), runs the journal benchmark, prints a table and writes JSON.
+
+    python -m bench.run [--quick] [--out bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from bench import common
+
+KINDS: Final = ("genstream", "aiohttp-sse", "raw")
+REFERENCES: Final = ("aiohttp-sse", "raw")
+MODULES: Final = {
+    "genstream": "bench.server_genstream",
+    "aiohttp-sse": "bench.server_sse",
+    "raw": "bench.server_raw",
+}
+FANOUT_FIGURES: Final = (
+    "events_per_s",
+    "p50_ms",
+    "p99_ms",
+    "server_peak_rss_mib",
+    "server_cpu_s",
+)
+DEFAULT_OUT: Final = Path(__file__).parent / "results" / "latest.json"
+# The latency phase hands off at a pace every server sustains: this many deliveries/s.
+LATENCY_DELIVERIES_PER_S: Final = 5_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    subscribers: tuple[int, ...]
+    events: int
+    size: int
+    repeats: dict[int, int]  # runs per subscriber count (the median is kept)
+    latency_seconds: float
+    replay_events: int
+    idle_streams: int
+    ttfb_count: int
+    offline_runs: int
+    journal_producers: tuple[int, ...]
+    journal_events: int
+
+
+FULL: Final = Sizes(
+    subscribers=(1, 100, 1000),
+    events=2000,
+    size=200,
+    # Three runs where time allows: a flood to a thousand streams of aiohttp-sse alone
+    # takes minutes on two cores.
+    repeats={1: 3, 100: 3, 1000: 1},
+    latency_seconds=5.0,
+    replay_events=100_000,
+    idle_streams=5000,
+    ttfb_count=50,
+    offline_runs=5,
+    journal_producers=(1, 10, 100),
+    journal_events=20_000,
+)
+QUICK: Final = Sizes(
+    subscribers=(1, 5),
+    events=50,
+    size=200,
+    repeats={1: 1, 5: 1},
+    latency_seconds=0.2,
+    replay_events=500,
+    idle_streams=20,
+    ttfb_count=3,
+    offline_runs=1,
+    journal_producers=(1, 10),
+    journal_events=200,
+)
+
+
+@dataclass(frozen=True)
+class Running:
+    kind: str
+    process: subprocess.Popen[bytes]
+    url: str
+
+
+@contextlib.contextmanager
+def servers(tmp: Path) -> Iterator[dict[str, Running]]:
+    started: dict[str, Running] = {}
+    try:
+        for kind in KINDS:
+            command = [sys.executable, "-m", MODULES[kind], "--port", "0"]
+            if kind == "genstream":
+                command += ["--db", str(tmp / "genstream.db")]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE)
+            started[kind] = Running(kind, process, f"http://{common.LOOPBACK}:{_port(process)}")
+        yield started
+    finally:
+        for running in started.values():
+            running.process.send_signal(signal.SIGTERM)
+        for running in started.values():
+            try:
+                running.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait()
+
+
+def _port(process: subprocess.Popen[bytes]) -> int:
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    if not line.startswith("PORT "):
+        raise RuntimeError(f"a benchmark server did not start (said {line!r})")
+    return int(line.split()[1])
+
+
+def load(server: Running, mode: str, *options: object) -> Any:
+    command = [sys.executable, "-m", "bench.load", server.kind, server.url]
+    command += [str(server.process.pid), mode, *map(str, options)]
+    done = subprocess.run(command, capture_output=True, check=False, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
+    return orjson.loads(done.stdout)
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    merged = {k: statistics.median(run[k] for run in runs) for k in keys}
+    merged["runs"] = len(runs)
+    return merged
+
+
+def ratios(figures: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    own = figures["genstream"]
+    return {
+        f"vs_{ref}": {
+            k: own[k] / figures[ref][k] if figures[ref].get(k) else None for k in keys if k in own
+        }
+        for ref in REFERENCES
+    }
+
+
+def fanout(running: dict[str, Running], sizes: Sizes, log: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for subscribers in sizes.subscribers:
+        rate = min(1000.0, LATENCY_DELIVERIES_PER_S / subscribers)
+        latency_events = max(10, min(200, int(rate * sizes.latency_seconds)))
+        figures: dict[str, dict[str, Any]] = {}
+        for kind in KINDS:
+            runs = [
+                load(
+                    running[kind],
+                    "fanout",
+                    "--subscribers",
+                    subscribers,
+                    "--events",
+                    sizes.events,
+                    "--size",
+                    sizes.size,
+                    "--latency-events",
+                    latency_events,
+                    "--latency-rate",
+                    rate,
+                )
+                for _ in range(sizes.repeats[subscribers])
+            ]
+            figures[kind] = median_of(runs)
+            log(f"fanout {subscribers:>5} subscribers  {kind:<12} {_brief(figures[kind])}")
+        results[str(subscribers)] = {
+            **figures,
+            "ratios": ratios(figures, FANOUT_FIGURES),
+            "latency_phase": {"events": latency_events, "rate_per_s": rate},
+        }
+    return results
+
+
+def _brief(figures: dict[str, Any]) -> str:
+    return (
+        f"{figures['events_per_s']:>10,.0f} ev/s  p50 {figures['p50_ms']:.2f} ms  "
+        f"p99 {figures['p99_ms']:.2f} ms  cpu {figures['server_cpu_s']:.2f} s  "
+        f"client cpu {figures['client_cpu_s']:.2f} s"
+    )
+
+
+def journal(sizes: Sizes) -> Any:
+    command = [sys.executable, "-m", "bench.journal_bench", "--events", str(sizes.journal_events)]
+    command += ["--producers", *map(str, sizes.journal_producers)]
+    done = subprocess.run(command, capture_output=True, check=True, timeout=600)
+    return orjson.loads(done.stdout)
+
+
+def run(sizes: Sizes, log: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loop": common.loop_name(),
+            "load_average": os.getloadavg(),
+        },
+        "sizes": {"events": sizes.events, "event_bytes": sizes.size},
+    }
+    with tempfile.TemporaryDirectory(prefix="genstream-bench-") as tmp, servers(Path(tmp)) as up:
+        report["fanout"] = fanout(up, sizes, log)
+        ttfb = {kind: load(up[kind], "ttfb", "--count", sizes.ttfb_count) for kind in KINDS}
+        ttfb["genstream_minus_raw_ms"] = ttfb["genstream"]["median_ms"] - ttfb["raw"]["median_ms"]
+        report["ttfb"] = ttfb
+        log(f"ttfb {ttfb}")
+        idle = {kind: load(up[kind], "idle", "--streams", sizes.idle_streams) for kind in KINDS}
+        report["idle_stream"] = idle
+        log(f"idle {idle}")
+        gs = up["genstream"]
+        report["replay"] = load(gs, "replay", "--events", sizes.replay_events, "--size", sizes.size)
+        log(f"replay {report['replay']}")
+        report["offline_e2e"] = load(gs, "offline", "--count", sizes.offline_runs)
+        log(f"offline {report['offline_e2e']}")
+    report["journal"] = journal(sizes)
+    log(f"journal {report['journal']}")
+    report["targets"] = targets(report)
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the figure measured and whether it is met."""
+    top = report["fanout"][max(report["fanout"], key=int)]
+    journal10 = next((j for j in report["journal"] if j["producers"] == 10), None)
+    checks = {
+        "deliveries >= 0.8x raw": (top["ratios"]["vs_raw"]["events_per_s"], 0.8, ">="),
+        "deliveries >= 1.6x aiohttp-sse": (
+            top["ratios"]["vs_aiohttp-sse"]["events_per_s"],
+            1.6,
+            ">=",
+        ),
+        "p99 <= raw p99": (top["genstream"]["p99_ms"], top["raw"]["p99_ms"], "<="),
+        "journal >= 50k events/s, 10 producers": (
+            journal10["events_per_s"] if journal10 else float("nan"),
+            50_000,
+            ">=",
+        ),
+        "replay >= 100k events/s": (report["replay"]["events_per_s"], 100_000, ">="),
+        "idle stream < 20 KiB": (
+            report["idle_stream"]["genstream"]["bytes_per_stream"],
+            20 * 1024,
+            "<",
+        ),
+        "ttfb within 1 ms of raw": (report["ttfb"]["genstream_minus_raw_ms"], 1.0, "<="),
+    }
+    return {
+        name: {
+            "value": value,
+            "target": target,
+            "met": value >= target
+            if op == ">="
+            else value <= target
+            if op == "<="
+            else value < target,
+        }
+        for name, (value, target, op) in checks.items()
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'subs':>5}  {'server':<12}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'peak MiB':>10}{'cpu s':>8}   ratios (ev/s p99 rss cpu) vs " + " | vs ".join(REFERENCES),
+    ]
+    for subscribers, row in report["fanout"].items():
+        for kind in KINDS:
+            f = row[kind]
+            line = (
+                f"{subscribers:>5}  {kind:<12}{f['events_per_s']:>12,.0f}{f['p50_ms']:>9.2f}"
+                f"{f['p99_ms']:>9.2f}{f['server_peak_rss_mib']:>10.1f}{f['server_cpu_s']:>8.2f}"
+            )
+            if kind == "genstream":
+                for ref in REFERENCES:
+                    r = row["ratios"][f"vs_{ref}"]
+                    line += "   " + " ".join(
+                        _times(r[k])
+                        for k in ("events_per_s", "p99_ms", "server_peak_rss_mib", "server_cpu_s")
+                    )
+            lines.append(line)
+    ttfb = report["ttfb"]
+    lines.append("ttfb median ms: " + ", ".join(f"{k} {ttfb[k]['median_ms']:.2f}" for k in KINDS))
+    lines.append(
+        "idle stream bytes: "
+        + ", ".join(f"{k} {report['idle_stream'][k]['bytes_per_stream']:,.0f}" for k in KINDS)
+    )
+    replay = report["replay"]
+    lines.append(f"replay: {replay['events_per_s']:,.0f} events/s over {replay['events']:,} events")
+    lines.append(f"offline end to end: {report['offline_e2e']['median_ms']:.1f} ms (median)")
+    for j in report["journal"]:
+        lines.append(
+            f"journal {j['producers']:>3} producers: {j['events_per_s']:>9,.0f} events/s, "
+            f"p99 commit {j['p99_commit_ms']:.2f} ms"
+        )
+    for name, check in report["targets"].items():
+        lines.append(f"[{'met' if check['met'] else 'NOT met'}] {name}: {check['value']:,.3f}")
+    return "\n".join(lines)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the smoke run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    common.raise_nofile()
+    report = run(
+        QUICK if args.quick else FULL, lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(table(report))
+    print(f"written to {args.out} in {report['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

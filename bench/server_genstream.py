@@ -1,0 +1,80 @@
+"""genstream under test: the product app, plus one route that only the benchmark adds.
+
+POST /bench/inject?topic=&n=&size= hands `n` events of about `size` bytes to
+Journal.append, one per loop turn, the way a generation hands over its chunks; each
+carries its hand-off time. They go the real path: SQLite commit, broker, stream handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from bench import common
+from service.app import create_app
+from service.config import Settings
+from service.context import SERVICES
+from service.events import MESSAGE_DELTA, Draft, Event, seal
+from service.server import start
+
+# The references buffer a burst without bound; genstream's per-subscriber buffer is given
+# room for the whole burst so that the flood measures speed, not the slow-client cut-off.
+QUEUE_SIZE: Final = 1_000_000
+
+
+async def inject(request: web.Request) -> web.Response:
+    journal = request.app[SERVICES].journal
+    topic, count, size, rate = common.inject_params(request)
+    blank = orjson.dumps({"t": 0, "pad": ""})
+    overhead = len(seal(Draft(topic, None, MESSAGE_DELTA, {"t": 0, "pad": ""}), 10**6).data)
+    overhead -= len(blank)
+    pending: list[asyncio.Future[list[Event]]] = []
+
+    def hand_off() -> None:
+        draft = Draft(topic, None, MESSAGE_DELTA, common.payload(size, overhead))
+        pending.append(journal.append(draft))
+
+    first = await common.produce(count, rate, hand_off)
+    await asyncio.gather(*pending)
+    return web.json_response({"first_ns": first, "last_ns": time.time_ns()})
+
+
+def settings(db: str) -> Settings:
+    return Settings().replace(
+        server={"host": common.LOOPBACK, "shutdown_grace_seconds": 2},
+        storage={"path": db},
+        stream={"queue_size": QUEUE_SIZE, "max_streams": 20_000, "max_streams_per_project": 20_000},
+        offline={"tokens_per_second": 0},
+        log={"level": "warning"},
+    )
+
+
+async def serve(db: str, port: int) -> None:
+    config = settings(db)
+    app = create_app(config)
+    app.router.add_post("/bench/inject", inject)
+    server = await start(config, port=port, app=app)
+    try:
+        await common.announce_and_wait(server.port)
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    common.raise_nofile()
+    common.run(serve(args.db, args.port))
+
+
+if __name__ == "__main__":
+    main()
