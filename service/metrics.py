@@ -8,6 +8,7 @@ subscriber.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -56,6 +57,10 @@ class _ScrapeTime(Collector):
             "genstream_generations_active",
             "generations running or queued for a slot",
             value=g.generations_running(),
+        )
+        # A leak detector that needs no debug mode: idle, this returns to its baseline.
+        yield GaugeMetricFamily(
+            "genstream_asyncio_tasks", "asyncio tasks alive", value=len(asyncio.all_tasks())
         )
 
 
