@@ -4,7 +4,7 @@
 import { $, clock, duration, el } from "./dom.js";
 
 const OPEN_KEY = "genstream.debug";
-const MAX_EVENTS = 500; // the oldest rows go, so a long session does not grow the page
+const MAX_EVENTS = 2000; // the oldest rows go, so a long session does not grow the page
 const MAX_STATES = 50;
 
 export class DebugDrawer {
