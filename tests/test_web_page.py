@@ -193,8 +193,14 @@ async def test_prompt_streams_into_the_page_then_matches_the_database(
     await expect(page.locator("#tree .file")).to_have_count(3)
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "web-page-generating.png")
+    # A finished file opens while another is written, and the viewer stays on it.
+    code = page.locator("#code")
+    await page.locator('#tree .file[data-path="pyproject.toml"]').click()
+    await expect(code).to_have_attribute("data-path", "pyproject.toml")
+    await expect(code).to_have_attribute("data-state", "done")
 
     await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect(code).to_have_attribute("data-path", "pyproject.toml")
     await expect_page_shows_database(page, gs, project_id)
     final = (await database_view(gs, project_id))["messages"][-1]["content"]
     await expect(assistant(page).locator(".body")).to_have_text(final)
@@ -266,6 +272,9 @@ async def test_debug_drawer_opens_with_the_shortcut_and_lists_every_event(
     await page.keyboard.press("Control+Shift+D")
     await expect(drawer).to_be_visible()
     await expect(page.locator("#debug-connection")).to_have_text("Live")
+    # One EventSource for the page: the server counts one stream on the project.
+    connections = await gs.json("GET", "/api/connections")
+    assert connections["by_key"] == {f"project:{project_id}": 1}
     await send(page, "an api")
     await expect(drawer.locator('li[data-type="generation.completed"]')).to_have_count(1)
 
