@@ -65,7 +65,10 @@ function render() {
   debug.flush();
   if (debug.open) debug.renderTimings(shown.generation);
   const generating = Boolean(state?.generating);
+  const ended = ui.prompt.disabled && !generating;
   ui.prompt.disabled = generating;
+  // Disabling the box took its focus: give it back when the generation ends.
+  if (ended && document.activeElement === document.body) ui.prompt.focus();
   ui.send.hidden = generating;
   ui.send.disabled = busy;
   ui.cancel.hidden = !generating;

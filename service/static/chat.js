@@ -66,6 +66,8 @@ export class ChatView {
     item.shown = key;
     item.node.dataset.status = message.status;
     item.node.classList.toggle("pending", pending);
+    // Screen readers announce the message once it is complete, not every delta.
+    item.node.setAttribute("aria-busy", String(pending));
     if (pending && !text) {
       // "Generating code..." with dots that pulse one after the other.
       const dots = el("span", "dots");
