@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from service import commands as subcommands
 from service import config, logs, server
+from service.client import DEFAULT_URL
 from service.storage import StorageError
+from service.terminal import make_display
+
+URL_ENV = "GENSTREAM_URL"
+TOKEN_ENV = "GENSTREAM_TOKEN"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,6 +42,59 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new(args: argparse.Namespace) -> int:
+    return subcommands.run(
+        lambda client: subcommands.new(client, args.name, sys.stdout), *_target(args)
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    options = subcommands.GenerateOptions(
+        project_id=args.project,
+        prompt=args.prompt,
+        image_urls=args.image or [],
+        out_dir=Path(args.out) if args.out is not None else None,
+    )
+    display = make_display(sys.stdout)
+    return subcommands.run(
+        lambda client: subcommands.generate(client, options, display), *_target(args)
+    )
+
+
+def _tail(args: argparse.Namespace) -> int:
+    return subcommands.run(
+        lambda client: subcommands.tail(client, args.project, args.after, args.json, sys.stdout),
+        *_target(args),
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    return subcommands.run(
+        lambda client: subcommands.status(client, args.project, args.json, sys.stdout),
+        *_target(args),
+    )
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    return args.url, args.token or None
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """--url and --token, shared by every subcommand that talks to a server."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"the server (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
+    options.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"API token (default: ${TOKEN_ENV}, which keeps it out of `ps`)",
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,7 +103,66 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.set_defaults(func=_serve)
+    _add_client_commands(commands)
     return parser
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    client = [_client_options()]
+    new = commands.add_parser(
+        "new", parents=client, help="create a project and print its id", description=_NEW_HELP
+    )
+    new.add_argument("name", help="the project's name")
+    new.set_defaults(func=_new)
+
+    generate = commands.add_parser(
+        "generate", parents=client, help="run a generation, streamed", description=_GEN_HELP
+    )
+    generate.add_argument("project", help="project id")
+    generate.add_argument("prompt", help="what to build")
+    generate.add_argument("--out", metavar="DIR", help="write the generated files under DIR")
+    generate.add_argument(
+        "--image", action="append", metavar="URL", help="an image URL for the prompt (repeatable)"
+    )
+    generate.set_defaults(func=_generate)
+
+    tail = commands.add_parser(
+        "tail", parents=client, help="follow a project's events", description=_TAIL_HELP
+    )
+    tail.add_argument("project", help="project id")
+    tail.add_argument(
+        "--from",
+        dest="after",
+        type=_event_id,
+        metavar="ID",
+        help="replay the events after ID first (0: all of them); default: from now on",
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON event a line, for jq")
+    tail.set_defaults(func=_tail)
+
+    status = commands.add_parser(
+        "status", parents=client, help="show a project's state", description=_STATUS_HELP
+    )
+    status.add_argument("project", help="project id")
+    status.add_argument("--json", action="store_true", help="the project as one JSON object")
+    status.set_defaults(func=_status)
+
+
+def _event_id(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"not an event id: {raw!r}")
+    return int(raw)
+
+
+_NEW_HELP = "Create a project and print its id, so that `P=$(genstream new demo)` works."
+_GEN_HELP = (
+    "Submit a prompt and stream the generation: the assistant's text as it arrives, a "
+    "progress bar (on a terminal) and each file as it completes. Ctrl+C cancels the "
+    "generation on the server. Exit status: 0 completed, 1 failed or an API error, "
+    "3 cancelled elsewhere, 130 interrupted."
+)
+_TAIL_HELP = "Follow a project's events as they happen, resuming by itself; Ctrl+C stops."
+_STATUS_HELP = "Show a project: its status, the running generation, its files."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

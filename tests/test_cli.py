@@ -1,0 +1,285 @@
+"""The `genstream` command run as a real process against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from service import cli
+from service import events as ev
+from service.outdir import write_file
+from service.paths import UnsafePath
+from service.terminal import LiveDisplay, PlainDisplay
+from tests.conftest import Genstream, MakeServer
+
+TIMEOUT = 30.0
+ESC = "\x1b"
+
+
+@dataclass
+class Finished:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any genstream client settings of the machine's."""
+    env = {k: v for k, v in os.environ.items() if k not in (cli.URL_ENV, cli.TOKEN_ENV)}
+    return {**env, **extra}
+
+
+async def start_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        env=env or cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> Finished:
+    process = await start_cli(*args, env=env)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def read_lines_until(
+    process: asyncio.subprocess.Process, last: Callable[[str], bool]
+) -> list[str]:
+    """stdout lines up to and including the first for which last(line) is true."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            raw = await process.stdout.readline()
+            assert raw, f"stdout ended before the line expected: {lines}"
+            lines.append(raw.decode().rstrip("\n"))
+            if last(lines[-1]):
+                return lines
+
+
+async def interrupt(process: asyncio.subprocess.Process) -> int:
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(TIMEOUT):
+        return await process.wait()
+
+
+async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
+    listed = await gs.json("GET", f"/api/projects/{project_id}/files")
+    files = {}
+    for file in listed["files"]:
+        path = file["path"]
+        files[path] = (await gs.json("GET", f"/api/projects/{project_id}/files/{path}"))["content"]
+    return files
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes().decode()
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "new", "generate", "tail", "status"])
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    assert f"usage: genstream {command}" in capsys.readouterr().out
+
+
+async def test_new_prints_the_project_id(gs: Genstream) -> None:
+    done = await run_cli("new", "my app", "--url", gs.url)
+    assert done.code == 0, done.stderr
+    project_id = done.stdout.strip()
+    project = await gs.json("GET", f"/api/projects/{project_id}")
+    assert project["name"] == "my app"
+
+
+async def test_generate_out_writes_exactly_the_files_the_database_holds(
+    gs: Genstream, tmp_path: Path
+) -> None:
+    project_id = await gs.new_project()
+    out = tmp_path / "out"
+    done = await run_cli("generate", project_id, "a todo api", "--out", str(out), "--url", gs.url)
+    assert done.code == 0, done.stderr
+    written = tree(out)
+    assert written == await stored_files(gs, project_id)
+    assert len(written) >= 3
+    # Not a terminal: plain lines, no bar, no colour; each file as it completed.
+    assert ESC not in done.stdout and "\r" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert {line.split()[1] for line in lines if line.startswith("✓ ")} == set(written)
+    messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
+    assert messages[1]["content"].splitlines()[0] in lines  # the chat text, whole lines
+
+
+async def test_generate_exits_non_zero_when_the_generation_fails(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(generation={"timeout_seconds": 0.3}, offline={"tokens_per_second": 20})
+    project_id = await gs.new_project()
+    done = await run_cli("generate", project_id, "a todo api", "--url", gs.url)
+    assert done.code == 1
+    assert "failed: timeout" in done.stdout
+
+
+async def test_sigint_during_generate_cancels_the_generation_on_the_server(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    gs = await make_server(offline={"tokens_per_second": 20})
+    project_id = await gs.new_project()
+    out = tmp_path / "out"
+    process = await start_cli(
+        "generate", project_id, "a todo api", "--out", str(out), "--url", gs.url
+    )
+    try:
+        first = await read_lines_until(process, lambda line: line.startswith("generation "))
+        generation_id = first[-1].split()[1]
+        # The generation is streaming text when Ctrl+C comes.
+        await read_lines_until(process, lambda line: line.startswith("[ 10%]"))
+        code = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130
+    generation = await gs.json("GET", f"/api/generations/{generation_id}")
+    assert generation["status"] == "cancelled"
+    assert not out.exists()  # files are written only for a completed generation
+
+
+async def test_tail_json_prints_one_parseable_event_a_line(gs: Genstream) -> None:
+    project_id = await gs.new_project()
+    process = await start_cli("tail", project_id, "--from", "0", "--json", "--url", gs.url)
+    try:
+        submitted = await gs.generate(project_id)
+        lines = await read_lines_until(
+            process, lambda line: f'"type":"{ev.GENERATION_COMPLETED}"' in line
+        )
+        code = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    printed = [orjson.loads(line) for line in lines]
+    assert printed == await gs.events(project_id)
+    assert printed[-1]["generation_id"] == submitted["generation"]["id"]
+    assert code == 130
+
+
+async def test_status_and_token_come_from_the_environment(make_server: MakeServer) -> None:
+    gs = await make_server(auth={"token": "s3cret"})
+    async with gs.http.post(
+        f"{gs.url}/api/projects", json={"name": "p"}, headers={"Authorization": "Bearer s3cret"}
+    ) as response:
+        project_id = (await response.json())["id"]
+    env = cli_env(GENSTREAM_URL=gs.url, GENSTREAM_TOKEN="s3cret")
+    done = await run_cli("status", project_id, "--json", env=env)
+    assert done.code == 0, done.stderr
+    status = orjson.loads(done.stdout)
+    assert (status["id"], status["status"], status["files"]) == (project_id, "idle", [])
+
+    refused = await run_cli("status", project_id, env=cli_env(GENSTREAM_URL=gs.url))
+    assert refused.code == 1
+    assert "401 unauthorized" in refused.stderr
+
+
+# -- writing files: the paths are the model's, so hostile ------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("../escape.txt", id="parent"),
+        pytest.param("a/../../escape.txt", id="parent-inside"),
+        pytest.param("/tmp/escape.txt", id="absolute"),
+        pytest.param("..\\escape.txt", id="backslash"),
+        pytest.param("C:escape.txt", id="drive"),
+        pytest.param("a/\x00b", id="NUL"),
+        pytest.param("a/\x1b[2Jb", id="escape-sequence"),
+        pytest.param("", id="empty"),
+        pytest.param("a//b", id="empty-segment"),
+        pytest.param("con.txt", id="windows-device"),
+    ],
+)
+def test_write_file_refuses_a_path_that_could_escape(path: str, tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    root.mkdir()
+    with pytest.raises(UnsafePath):
+        write_file(root, path, "pwned")
+    assert list(tmp_path.rglob("*")) == [root]
+
+
+def test_write_file_refuses_to_follow_a_symlink_out_of_the_directory(tmp_path: Path) -> None:
+    root, outside = tmp_path / "out", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "file.txt").symlink_to(outside / "file.txt")
+    for path in ("linked/x.txt", "file.txt"):
+        with pytest.raises(UnsafePath, match="symbolic link"):
+            write_file(root, path, "pwned")
+    assert list(outside.iterdir()) == []
+
+
+def test_write_file_writes_under_the_directory_byte_for_byte(tmp_path: Path) -> None:
+    content = "line one\r\nline two\n"
+    target = write_file(tmp_path, "./src/app/main.py", content)
+    assert target == tmp_path.resolve() / "src" / "app" / "main.py"
+    assert target.read_bytes() == content.encode()
+
+
+# -- what reaches a terminal -------------------------------------------------------------
+
+
+def test_plain_display_prints_whole_lines_and_no_escape_from_the_model() -> None:
+    out = io.StringIO()
+    display = PlainDisplay(out)
+    display.chat("Hello \x1b]52;c;cGF3bmVk\x07wor")
+    display.chat("ld\nsecond")
+    display.progress("Generating code", 10)
+    display.progress("Generating code", 15)  # too small a step for its own line
+    display.finish()
+    assert out.getvalue() == (
+        "Hello \ufffd]52;c;cGF3bmVk\ufffdworld\nsecond\n[ 10%] Generating code\n"
+    )
+
+
+def test_live_display_keeps_model_text_free_of_escape_sequences() -> None:
+    out = io.StringIO()
+    display = LiveDisplay(out, colour=False)
+    display.chat("evil \x1b[2J\x1b]0;title\x07 text\nnext")
+    display.progress("Generating code", 42)
+    display.note("✓ app.py  12 bytes")
+    display.finish()
+    shown = out.getvalue()
+    for sequence in ("\x1b[2J", "\x1b]0;"):
+        assert sequence not in shown
+    assert "evil \ufffd[2J\ufffd]0;title\ufffd text\n" in shown
+    assert " 42% Generating code" in shown
+    assert shown.endswith("next\n\r\x1b[J")
