@@ -99,6 +99,13 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[Event]
+    last_event_id: int  # the cursor for the next page
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Backoff:
     """How long to wait before reconnecting: the server's `retry:` (or `base_seconds`
     until it has said one) doubled for every failed attempt in a row, capped, then
@@ -223,6 +230,16 @@ class GenstreamClient:
         result: dict[str, Any] = await self._call("POST", path, retry=True)
         return result
 
+    async def events(self, project_id: str, after: int = 0, limit: int = 100) -> EventPage:
+        """One page of the project's stored events after `after`, for polling."""
+        query = f"?after={int(after)}&limit={int(limit)}"
+        body = await self._call("GET", f"/api/projects/{_seg(project_id)}/events{query}")
+        return EventPage(
+            [Event.from_dict(raw) for raw in body["events"]],
+            int(body["last_event_id"]),
+            bool(body["has_more"]),
+        )
+
     async def messages(self, project_id: str) -> list[dict[str, Any]]:
         body = await self._call("GET", f"/api/projects/{_seg(project_id)}/messages")
         result: list[dict[str, Any]] = body["messages"]
@@ -305,15 +322,16 @@ class GenstreamClient:
     async def _follow(
         self, path: str, cursor: int | None, generation_id: str | None
     ) -> AsyncGenerator[Event, None]:
-        failures = 0
+        failures = 0  # connection attempts that failed in a row: give up at max_attempts
+        streak = 0  # attempts in a row that brought nothing new: the backoff exponent
         retry_ms: int | None = None
         while True:
             parser = SSEParser()
             wait_at_least = 0.0
+            streak += 1
             try:
                 async with self._open_stream(path, cursor) as response:
                     failures = 0
-                    seen_before = cursor
                     async for chunk in response.content.iter_any():
                         for message in parser.feed(chunk):
                             event = _event(message)
@@ -321,17 +339,17 @@ class GenstreamClient:
                             # the cursor was yielded already.
                             if cursor is not None and event.id <= cursor:
                                 continue
-                            cursor = event.id
+                            cursor, streak = event.id, 0
                             yield event
                             if generation_id is not None and event.terminal:
                                 return
                     parser.close()
-                    if (
-                        generation_id is not None
-                        and cursor == seen_before
-                        and await self._generation_over(generation_id)
-                    ):
-                        return  # a cursor past the end: the server closes at once
+                if (
+                    generation_id is not None
+                    and streak > 0
+                    and await self._nothing_left(generation_id, cursor)
+                ):
+                    return  # the caller's cursor was at or past the terminal event
             except GenstreamError as exc:
                 if not _transient(exc):
                     raise
@@ -345,8 +363,20 @@ class GenstreamClient:
                     raise _unreachable(self.url, exc) from exc
             if parser.retry_ms is not None:
                 retry_ms = parser.retry_ms
-            delay = self._backoff.delay(failures, retry_ms)
+            delay = self._backoff.delay(max(streak - 1, 0), retry_ms)
             await asyncio.sleep(max(delay, wait_at_least))
+
+    async def _nothing_left(self, generation_id: str, cursor: int | None) -> bool:
+        """After a stream that closed with nothing new: has the generation ended with
+        nothing after `cursor`? (Then the stream is over; otherwise it was cut.)"""
+        generation = await self.generation(generation_id)
+        if generation["status"] in ACTIVE_STATUSES or cursor is None:
+            return False
+        # A project runs one generation at a time, so a generation's events are
+        # contiguous in the project's log: the next event is the generation's, or
+        # the generation has nothing more.
+        page = await self.events(generation["project_id"], after=cursor, limit=1)
+        return not any(event.generation_id == generation_id for event in page.events)
 
     @asynccontextmanager
     async def _open_stream(
@@ -363,10 +393,6 @@ class GenstreamClient:
                     NO_STATUS, "not_event_stream", f"{path} answered {response.content_type}"
                 )
             yield response
-
-    async def _generation_over(self, generation_id: str) -> bool:
-        generation = await self.generation(generation_id)
-        return generation["status"] not in ACTIVE_STATUSES
 
 
 def _event(message: Message) -> Event:

@@ -161,6 +161,31 @@ async def test_a_proxy_replaying_from_the_start_never_makes_an_event_yield_twice
     assert as_dicts(events) == await gs.events(project_id)
 
 
+async def test_a_finished_generation_cut_before_any_event_is_still_delivered_whole(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(stream=FAST_RETRY)
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id)
+    generation_id = submitted["generation"]["id"]
+    await gs.wait_generation(generation_id)
+    # The cut falls right after the `retry:` line and the first comment: the stream
+    # closes with nothing new for a generation that has ended. That is not its end.
+    preamble = len(b"retry: 20\n\n: connected\n\n")
+    faults = Faults(cut_stream_after=preamble, cut_streams=1)
+    async with faulty_proxy(gs.url, faults) as (url, proxy), client(url) as api:
+        async with asyncio.timeout(TIMEOUT):
+            events = [e async for e in api.stream_generation(generation_id)]
+            faults.cut_streams = 2  # and once more, resuming from the middle
+            middle = events[len(events) // 2].id
+            rest = [e async for e in api.stream_generation(generation_id, last_event_id=middle)]
+        page = await api.events(project_id, after=0, limit=1000)
+    assert proxy.seen.cut == 2
+    assert as_dicts(events) == await gs.events(project_id) == as_dicts(page.events)
+    assert rest == events[len(events) // 2 + 1 :]
+    assert page.last_event_id == events[-1].id and page.has_more is False
+
+
 async def test_a_submit_whose_reply_was_lost_is_retried_with_the_same_request_id(
     gs: Genstream,
 ) -> None:
