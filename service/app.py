@@ -194,6 +194,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
+    app.on_response_prepare.append(logs.echo_request_id)
     app.add_routes(routes)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/api/openapi.json", openapi)

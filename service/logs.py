@@ -72,6 +72,7 @@ def configure(settings: LogSettings) -> None:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 @web.middleware
@@ -79,15 +80,20 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Name the request (the caller's X-Request-ID when sane) and its project for logs."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     rid = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = rid
     # One connection serves its requests in one task: reset what this one set.
     tokens = [(request_id, request_id.set(rid))]
     for var, key in ((project_id, "pid"), (generation_id, "gid")):
         tokens.append((var, var.set(request.match_info.get(key))))
     try:
-        response = await handler(request)
+        return await handler(request)
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
-    if not response.prepared:
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every reply, streams included, names its request."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
         response.headers[REQUEST_ID_HEADER] = rid
-    return response

@@ -96,3 +96,16 @@ async def test_json_logs_are_one_object_a_line_with_request_project_generation(
     assert done[0]["project_id"] == project_id
     assert done[0]["generation_id"] == generation_id
     assert any(e["message"] == "stopped" for e in entries)
+
+
+async def test_request_id_is_echoed_on_replies_and_streams(gs: Genstream) -> None:
+    async with gs.http.get(f"{gs.url}/api/projects", headers={"X-Request-ID": "abc-1"}) as reply:
+        assert reply.headers["X-Request-ID"] == "abc-1"
+    project_id = await gs.new_project()
+    url = f"{gs.url}/api/projects/{project_id}/stream"
+    async with gs.http.get(url, headers={"X-Request-ID": "stream.2"}) as stream:
+        assert stream.headers["X-Request-ID"] == "stream.2"
+    # One that could forge log fields or headers is replaced by a fresh one.
+    async with gs.http.get(f"{gs.url}/nowhere", headers={"X-Request-ID": 'a" b=c'}) as reply:
+        assert reply.status == 404
+        assert len(reply.headers["X-Request-ID"]) == 32
