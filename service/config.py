@@ -30,6 +30,7 @@ POSITIVE: Final = frozenset(
         "stream.replay_page",
         "stream.max_streams",
         "stream.max_streams_per_project",
+        "stream.send_timeout_seconds",
         "generation.max_concurrent",
         "generation.timeout_seconds",
         "generation.max_prompt_chars",
