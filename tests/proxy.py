@@ -24,6 +24,8 @@ class Faults:
     # Cut each of the first `cut_streams` streams after this many bytes (mid-frame).
     cut_stream_after: int | None = None
     cut_streams: int = 1_000_000
+    # Instead of closing a cut stream, go silent and keep it open (a half-open link).
+    freeze: bool = False
     # Send streams Last-Event-ID: 0 instead of the client's cursor (a broken proxy).
     replay_from_zero: bool = False
     # Forward the first submission, then drop the connection instead of answering.
@@ -85,6 +87,9 @@ class FaultyProxy:
             if budget is not None and len(chunk) >= budget:
                 await response.write(chunk[:budget])
                 self.seen.cut += 1
+                if self.faults.freeze:
+                    # Until the client gives up on it (the handler is then cancelled).
+                    await asyncio.Event().wait()
                 break
             if budget is not None:
                 budget -= len(chunk)

@@ -161,6 +161,24 @@ async def test_a_proxy_replaying_from_the_start_never_makes_an_event_yield_twice
     assert as_dicts(events) == await gs.events(project_id)
 
 
+async def test_a_stream_gone_silent_is_dropped_after_two_heartbeats_and_resumed(
+    make_server: MakeServer,
+) -> None:
+    heartbeat = 0.2
+    gs = await make_server(stream={**FAST_RETRY, "heartbeat_seconds": heartbeat})
+    project_id = await gs.new_project()
+    faults = Faults(cut_stream_after=2000, cut_streams=1, freeze=True)
+    async with (
+        faulty_proxy(gs.url, faults) as (url, proxy),
+        client(url, heartbeat_seconds=heartbeat) as api,
+    ):
+        submitted = await api.generate(project_id, "a todo api")
+        async with asyncio.timeout(TIMEOUT):
+            events = [e async for e in api.stream_generation(submitted["generation"]["id"])]
+    assert proxy.seen.cut == 1 and len(proxy.seen.stream_cursors) == 2
+    assert as_dicts(events) == await gs.events(project_id)
+
+
 async def test_a_finished_generation_cut_before_any_event_is_still_delivered_whole(
     make_server: MakeServer,
 ) -> None:
