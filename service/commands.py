@@ -18,7 +18,7 @@ from typing import Any, Final, TextIO, TypeVar
 import orjson
 
 from service import events as ev
-from service.client import Event, GenstreamClient, GenstreamError
+from service.client import Backoff, Event, GenstreamClient, GenstreamError
 from service.outdir import write_file
 from service.paths import UnsafePath
 from service.terminal import Display, printable
@@ -31,8 +31,11 @@ EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE: the reader of stdout went away
 # How long Ctrl+C waits for the server to confirm a submission or a cancellation.
 INTERRUPT_GRACE_SECONDS: Final = 10.0
 DELTA_PREVIEW_CHARS: Final = 60
-# A person is waiting at a terminal: give up on a dead server after a few seconds.
+# A person is waiting at a terminal: give up on a dead server after a few seconds
+# (about 0.5 + 1 + 2 s, stretched by the jitter). Once the server has sent `retry:`,
+# reconnecting a stream waits what it asked for.
 CLI_ATTEMPTS: Final = 4
+CLI_BACKOFF: Final = Backoff(base_seconds=0.5)
 
 T = TypeVar("T")
 
@@ -302,7 +305,9 @@ def run(command: Callable[[GenstreamClient], Awaitable[int]], url: str, token: s
     """Connect, run one command, turn API errors into a message and exit code 1."""
 
     async def main() -> int:
-        async with GenstreamClient(url, token, max_attempts=CLI_ATTEMPTS) as client:
+        async with GenstreamClient(
+            url, token, max_attempts=CLI_ATTEMPTS, backoff=CLI_BACKOFF
+        ) as client:
             return await command(client)
 
     try:
