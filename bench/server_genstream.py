@@ -21,7 +21,7 @@ from service.app import create_app
 from service.config import Settings
 from service.context import SERVICES
 from service.events import MESSAGE_DELTA, Draft, Event, seal
-from service.server import start
+from service.server import settle_heap, start
 
 # The references buffer a burst without bound; genstream's per-subscriber buffer is given
 # room for the whole burst so that the flood measures speed, not the slow-client cut-off.
@@ -60,6 +60,7 @@ async def serve(db: str, port: int) -> None:
     app = create_app(config)
     app.router.add_post("/bench/inject", inject)
     server = await start(config, port=port, app=app)
+    settle_heap()  # as `genstream serve` does
     try:
         await common.announce_and_wait(server.port)
     finally:

@@ -171,7 +171,8 @@ async def project_stream(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     project_id = request.match_info["pid"]
     cursor = parse_cursor(request)
-    await _project_or_404(services, project_id)
+    if not await services.storage.project_exists(project_id):
+        raise not_found("project", project_id)
     return await stream(request, services, StreamTarget(project_id), cursor)
 
 

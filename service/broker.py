@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,16 +39,20 @@ class Subscriber:
     # that stopped reading, and only aborting its transport frees it.
     on_overflow: Callable[[], None] | None = None
     _waiter: asyncio.Future[None] | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _quiet_deadline: float = 0.0
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def offer(self, event: Event) -> None:
+    def offer(self, events: Sequence[Event]) -> None:
+        """Queue a commit's events at once: one call and one wake-up per subscriber, not
+        one per event (a thousand subscribers times a batch of events is millions)."""
         if self.closed is not None:
             return
-        if len(self.pending) >= self.limit:
+        if len(self.pending) + len(events) > self.limit:
             # Never drop an event silently and never grow without bound: end the
             # subscription; the client reconnects and replays from SQLite.
             self.pending.clear()
@@ -56,7 +60,7 @@ class Subscriber:
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self.pending.append(event)
+        self.pending.extend(events)
         self._wake()
 
     def close(self, reason: Closed) -> None:
@@ -78,18 +82,34 @@ class Subscriber:
             return True
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(quiet_seconds, _expire, waiter)
+        self._quiet_deadline = loop.time() + quiet_seconds
+        # One timer per subscriber, moved on only when it fires, not one per wait: under
+        # load a stream waits once per event, and a timer each time cost as much as the
+        # write (fan-out profile, uvloop).
+        if self._timer is None:
+            self._timer = loop.call_at(self._quiet_deadline, self._on_timer)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
         return bool(self.pending) or self.closed is not None
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets a timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._quiet_deadline:
+            waiter.set_result(None)
+        else:
+            self._timer = loop.call_at(self._quiet_deadline, self._on_timer)
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def stop(self) -> None:
+        """Cancel the heartbeat timer (the stream ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Broker:
@@ -103,15 +123,17 @@ class Broker:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.stop()
         members = self._topics.get(subscriber.topic)
         if members is not None:
             members.discard(subscriber)
             if not members:
                 del self._topics[subscriber.topic]
 
-    def publish(self, topic: str, event: Event) -> None:
+    def publish(self, topic: str, events: Sequence[Event]) -> None:
+        """Committed events of one topic, in id order."""
         for subscriber in tuple(self._topics.get(topic, ())):
-            subscriber.offer(event)
+            subscriber.offer(events)
 
     def close_all(self, reason: Closed) -> None:
         for members in self._topics.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -75,6 +76,15 @@ async def start(
     return RunningServer(runner, site)
 
 
+def settle_heap() -> None:
+    """Once started: collect, then freeze what is alive (modules, classes, the app), so
+    the collector's full passes walk only what streams made since. Unfrozen, those ~100k
+    objects made every full pass a pause of tens of ms, which set the p99 latency of a
+    fan-out to a thousand streams (README "Performance"; gc.freeze in the Python docs)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully; a second signal forces exit."""
     stop = asyncio.Event()
@@ -82,6 +92,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = await start(settings)
+    settle_heap()
     log.info("genstream listening on http://%s:%d/", settings.server.host, server.port)
     await stop.wait()
     grace = settings.server.shutdown_grace_seconds

@@ -117,6 +117,8 @@ _MESSAGE_COLUMNS: Final = (
     "id, project_id, generation_id, role, status, content, created_at, updated_at"
 )
 _EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
+# Six values a row; SQLite binds at most 32,766 values in one statement (3.32 and later).
+ROWS_PER_INSERT: Final = 1000
 
 
 class StorageError(Exception):
@@ -149,6 +151,7 @@ class Storage:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._writer = writer
         self._reader = reader
+        self._known_projects: set[str] = set()
 
     @classmethod
     async def open(cls, path: str, busy_timeout_ms: int = 5000) -> Storage:
@@ -191,6 +194,31 @@ class Storage:
     def transaction(self) -> Tx:
         return Tx(self._writer)
 
+    async def commit_events(self, events: Sequence[Event]) -> None:
+        """Store events as one transaction of their own, outside any Tx.
+
+        Up to ROWS_PER_INSERT events go as one multi-row INSERT in autocommit mode: a
+        single statement is atomic, and costs one trip to aiosqlite's thread where
+        BEGIN, INSERT and COMMIT cost three. A larger batch takes the long way.
+        """
+        if not events:
+            return
+        if len(events) > ROWS_PER_INSERT:
+            tx = self.transaction()
+            await tx.begin()
+            try:
+                await tx.insert_events(events)
+                await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+            return
+        values = [
+            v for e in events for v in (e.id, e.project_id, e.generation_id, e.type, e.ts, e.data)
+        ]
+        rows = ", ".join(("(?, ?, ?, ?, ?, ?)",) * len(events))
+        await self._writer.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {rows}", values)
+
     # -- reads ---------------------------------------------------------------------
 
     # A read is shielded from cancellation (a stream whose client left): cancelled between
@@ -221,6 +249,16 @@ class Storage:
             "SELECT COALESCE(MAX(id), 0) FROM events WHERE project_id = ?", (project_id,)
         )
         return int(row[0]) if row else 0
+
+    async def project_exists(self, project_id: str) -> bool:
+        # Projects are never deleted: one seen is remembered, so a stream on it opens
+        # without a database read before its first byte.
+        if project_id in self._known_projects:
+            return True
+        if await self._one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is None:
+            return False
+        self._known_projects.add(project_id)
+        return True
 
     async def project(self, project_id: str) -> dict[str, Any] | None:
         row = await self._one(

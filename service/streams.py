@@ -80,6 +80,7 @@ class _Progress:
     last_id: int
     send_timeout: float
     abort: Callable[[], None]
+    transport: asyncio.Transport | None = None
     sent: int = 0
     done: bool = False
     writing: bool = False
@@ -99,6 +100,7 @@ async def stream(
         last_id=start_after or 0,
         send_timeout=settings.send_timeout_seconds,
         abort=lambda: _abort(request),
+        transport=request.transport,
     )
     reason = "error"
     try:
@@ -242,13 +244,27 @@ async def _write(response: web.StreamResponse, progress: _Progress, data: bytes)
     """One write, aborted with the connection when the client does not take it in time."""
     progress.writing = True
     try:
-        async with asyncio.timeout(progress.send_timeout):
+        if _cannot_wait(progress.transport, len(data)):
+            # No timer: a timer per write cost as much as the write itself (fan-out profile).
             await response.write(data)
+        else:
+            async with asyncio.timeout(progress.send_timeout):
+                await response.write(data)
     except TimeoutError:
         progress.abort()
         raise SendTimeout(f"a write did not complete in {progress.send_timeout:g} s") from None
     finally:
         progress.writing = False
+
+
+def _cannot_wait(transport: asyncio.Transport | None, size: int) -> bool:
+    """True when a write of `size` bytes cannot wait for the client: aiohttp's write waits
+    only while the transport is paused, which it is not below its low-water mark, and
+    this write cannot take it past its high-water mark either."""
+    if transport is None or transport.is_closing():
+        return False
+    low, _high = transport.get_write_buffer_limits()
+    return transport.get_write_buffer_size() + size <= low
 
 
 def _record_open(

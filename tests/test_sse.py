@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service import sse
+from service.events import ALL_TYPES
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,23 @@ def test_retry_bytes() -> None:
 
 def test_ping_is_a_comment() -> None:
     assert sse.comment("ping") == sse.PING
+
+
+@given(
+    data=st.binary(max_size=300).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    event=st.sampled_from(sorted(ALL_TYPES)),
+    event_id=st.integers(min_value=0, max_value=2**63),
+)
+def test_one_line_fast_path_frames_as_the_general_path_does(
+    data: bytes, event: str, event_id: int
+) -> None:
+    # An int id takes the one-format fast path; the same id as text takes the general one.
+    assert sse.frame(data, event=event, event_id=event_id) == sse.frame(
+        data, event=event, event_id=str(event_id)
+    )
+
+
+@pytest.mark.parametrize("event_id", [7, "7"], ids=["int-id", "text-id"])
+def test_event_name_with_line_break_is_refused_on_every_path(event_id: int | str) -> None:
+    with pytest.raises(ValueError, match="event name"):
+        sse.frame(b"{}", event="stage\nevil", event_id=event_id)
