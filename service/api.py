@@ -12,6 +12,7 @@ from service.errors import ApiError, bad_request, not_found
 from service.events import now_ms
 from service.generation import new_id
 from service.journal import Emit
+from service.params import MAX_INTEGER, non_negative_int
 from service.storage import Tx
 from service.streams import StreamTarget, parse_cursor, stream
 
@@ -59,16 +60,11 @@ def _optional_str(body: dict[str, Any], field: str, limit: int) -> str | None:
     return value
 
 
-def _query_int(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
+def _query_int(request: web.Request, name: str, default: int, maximum: int = MAX_INTEGER) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit():
-        raise bad_request(name, f"must be a non-negative integer, got {raw[:40]!r}")
-    value = int(raw)
-    if maximum is not None and value > maximum:
-        raise bad_request(name, f"must be at most {maximum}")
-    return value
+    return non_negative_int(raw, name, maximum)
 
 
 async def _project_or_404(services: Services, project_id: str) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from aiohttp import web
 from service import sse
 from service.broker import Closed, Subscriber
 from service.context import Services
-from service.errors import bad_request
 from service.events import Event, now_ms
 from service.journal import Emit, TxFunction
 from service.metrics import Metrics
+from service.params import non_negative_int
 from service.storage import ACTIVE_STATUSES, Tx
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,7 @@ def parse_cursor(request: web.Request) -> int | None:
         field = CURSOR_PARAM
     if raw is None:
         return None
-    raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit():
-        raise bad_request(field, f"must be a non-negative integer event id, got {raw[:40]!r}")
-    return int(raw)
+    return non_negative_int(raw, field)
 
 
 class SendTimeout(ConnectionError):

@@ -108,6 +108,13 @@ async def test_project_stream_without_cursor_starts_live(gs: Genstream) -> None:
         pytest.param({"Last-Event-ID": "-1"}, "", "Last-Event-ID", id="header-negative"),
         pytest.param({}, "?last_event_id=1.5", "last_event_id", id="query-not-an-integer"),
         pytest.param({}, "?last_event_id=", "last_event_id", id="query-empty"),
+        pytest.param(
+            {"Last-Event-ID": "9223372036854775808"}, "", "Last-Event-ID", id="past-sqlite-int64"
+        ),
+        pytest.param(
+            {}, "?last_event_id=" + "9" * 5000, "last_event_id", id="five-thousand-digits"
+        ),
+        pytest.param({"Last-Event-ID": "١٢"}, "", "Last-Event-ID", id="non-ascii-digits"),
     ],
 )
 async def test_bad_cursor_is_a_400_naming_the_field(
