@@ -35,7 +35,9 @@ PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (the `bench` extra), the same for every process measured."""
+    """uvloop when installed (the `bench` extra), the same for every process measured,
+    as service.server.loop_factory gives `genstream serve`. Not imported from there: the
+    references must not load genstream's modules (their memory is measured)."""
     try:
         uvloop = importlib.import_module("uvloop")
     except ImportError:

@@ -31,7 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.replace(server=overrides)
     logs.configure(settings.log)
     try:
-        asyncio.run(server.serve(settings))
+        with asyncio.Runner(loop_factory=server.loop_factory()) as runner:
+            runner.run(server.serve(settings))
     except config.ConfigError as exc:
         print(f"genstream: {exc}", file=sys.stderr)
         return 2
