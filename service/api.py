@@ -67,6 +67,12 @@ def _query_int(request: web.Request, name: str, default: int, maximum: int = MAX
     return non_negative_int(raw, name, maximum)
 
 
+async def _require_project(services: Services, project_id: str) -> None:
+    """A 404 unless the project exists (one remembered lookup, not the project's view)."""
+    if not await services.storage.project_exists(project_id):
+        raise not_found("project", project_id)
+
+
 async def _project_or_404(services: Services, project_id: str) -> dict[str, Any]:
     project = await services.storage.project(project_id)
     if project is None:
@@ -116,7 +122,7 @@ async def get_project(request: web.Request) -> web.Response:
 async def list_messages(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
-    await _project_or_404(services, project_id)
+    await _require_project(services, project_id)
     return json_response({"messages": await services.storage.messages(project_id)})
 
 
@@ -124,7 +130,7 @@ async def list_messages(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
-    await _project_or_404(services, project_id)
+    await _require_project(services, project_id)
     return json_response({"files": await services.storage.files(project_id)})
 
 
@@ -133,7 +139,7 @@ async def get_file(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
     path = request.match_info["path"]
-    await _project_or_404(services, project_id)
+    await _require_project(services, project_id)
     file = await services.storage.file(project_id, path)
     if file is None:
         raise ApiError(404, "not_found", f"project {project_id} has no file {path!r}")
@@ -146,7 +152,7 @@ async def list_events(request: web.Request) -> web.Response:
     project_id = request.match_info["pid"]
     after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT) or 1
-    await _project_or_404(services, project_id)
+    await _require_project(services, project_id)
     events = await services.storage.events_after(project_id, after, limit + 1)
     has_more = len(events) > limit
     events = events[:limit]
@@ -167,8 +173,7 @@ async def project_stream(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     project_id = request.match_info["pid"]
     cursor = parse_cursor(request)
-    if not await services.storage.project_exists(project_id):
-        raise not_found("project", project_id)
+    await _require_project(services, project_id)
     return await stream(request, services, StreamTarget(project_id), cursor)
 
 
