@@ -45,8 +45,6 @@ class JournalStats:
     commits: int = 0
     events: int = 0
     failed_commits: int = 0
-    last_commit_seconds: float = 0.0
-    commit_seconds_total: float = 0.0
 
 
 class Journal:
@@ -160,8 +158,6 @@ class Journal:
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.events += len(published)
-        self.stats.last_commit_seconds = elapsed
-        self.stats.commit_seconds_total += elapsed
         if self.on_commit is not None:
             self.on_commit(elapsed)
         # Publish only what is durable, in id order (jobs were sealed in order): each

@@ -355,10 +355,6 @@ class Storage:
         )
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
 
-    async def stream_session(self, session_id: str) -> dict[str, Any] | None:
-        row = await self._one("SELECT * FROM stream_sessions WHERE id = ?", (session_id,))
-        return dict(row) if row else None
-
 
 class Tx:
     """Statements run inside the writer loop's open transaction."""
