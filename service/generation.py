@@ -9,10 +9,12 @@ generation whose status and event log disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -33,7 +35,7 @@ from service.parser import (
 )
 from service.pipeline import Stage
 from service.providers.base import ModelRequest, Provider, ProviderError, Usage
-from service.storage import FileRecord, Storage, Tx
+from service.storage import ACTIVE_STATUSES, FileRecord, Storage, Tx
 from service.validation import check_file
 
 log = logging.getLogger(__name__)
@@ -193,10 +195,19 @@ class Generations:
             assert generation is not None
             return Submission(generation, user, assistant, created=True)
 
-        submission = await self._journal.transact(create)
+        future = self._journal.transact(create)
+        # The rows commit even when this request is cancelled mid-submit (its client left;
+        # the runner cancels handlers): start the task from the commit itself, or the
+        # generation would stay pending for ever and hold the project.
+        future.add_done_callback(self._start_if_created)
+        return await asyncio.shield(future)
+
+    def _start_if_created(self, future: asyncio.Future[Submission]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the caller sees the error (or left, and it was logged by nobody)
+        submission = future.result()
         if submission.created:
             self._start(submission.generation)
-        return submission
 
     def _start(self, generation: dict[str, Any]) -> None:
         gid = generation["id"]
@@ -218,6 +229,12 @@ class Generations:
         generation = await self._storage.generation(generation_id)
         if generation is None:
             raise not_found("generation", generation_id)
+        if task is None and generation["status"] in ACTIVE_STATUSES:
+            # Active with no task in this process: nothing else would ever end it.
+            run = _Run(generation_id, generation["project_id"], generation["assistant_message_id"])
+            run.recovered_text = (await self._storage.streamed_text(generation_id)).strip()
+            await self._finish_cancelled(run)
+            generation = await self._storage.generation(generation_id) or generation
         return generation
 
     async def recover(self) -> list[str]:
@@ -253,25 +270,42 @@ class Generations:
         try:
             async with self._slots:
                 run.started = run.stage_started = time.perf_counter()
-                async with asyncio.timeout(self._timeout):
-                    await self._pipeline(run, generation)
-        except asyncio.CancelledError:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._pipeline(run, generation)
+                except BaseException as exc:
+                    # Settled while the slot is still held: the next queued generation
+                    # starts only once this one has ended, in the database too.
+                    await self._settle(run, exc)
+        except asyncio.CancelledError as exc:  # cancelled while waiting for a slot
+            await self._settle(run, exc)
+
+    async def _settle(self, run: _Run, exc: BaseException) -> None:
+        """Record how the run ended. The task's last act: a cancellation that arrives
+        while the end is recorded is absorbed once the end has landed."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._end_for(run, exc)
+
+    async def _end_for(self, run: _Run, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
             if run.generation_id in self._cancel_requested:
                 self._cancel_requested.discard(run.generation_id)
                 await self._finish_cancelled(run)
             else:
                 await self._fail(run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True))
-        except TimeoutError:
+        elif isinstance(exc, TimeoutError):
             message = f"the generation took longer than {self._timeout:g} s"
             await self._fail(run, ProviderError("timeout", message, True))
-        except ProviderError as exc:
+        elif isinstance(exc, ProviderError):
             await self._fail(run, exc)
-        except ApiError as exc:  # the journal refused a write (database busy, full, closing)
+        elif isinstance(exc, ApiError):  # the journal refused a write (busy, full, closing)
             log.error("generation %s could not be journaled: %s", run.generation_id, exc)
             await self._fail(run, ProviderError("storage_unavailable", STORAGE_MESSAGE, True))
-        except Exception:
-            log.exception("generation %s failed unexpectedly", run.generation_id)
+        elif isinstance(exc, Exception):
+            log.error("generation %s failed unexpectedly", run.generation_id, exc_info=exc)
             await self._fail(run, ProviderError("internal_error", "an internal error", False))
+        else:
+            raise exc  # KeyboardInterrupt, SystemExit: not ours to absorb
 
     async def _pipeline(self, run: _Run, generation: dict[str, Any]) -> None:
         await self._begin(run)
@@ -320,20 +354,23 @@ class Generations:
     async def _generate(self, run: _Run, request: ModelRequest) -> None:
         step = pipeline.PROGRESS_STEP
         asked = time.perf_counter()
-        async for chunk in self._provider.stream(request):
-            if chunk.usage is not None:
-                run.usage = chunk.usage
-            if chunk.text:
-                if run.first_token_ms is None:
-                    run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
-                    self._metrics.provider_first_token.observe(time.perf_counter() - asked)
-                drafts = self._drafts(run, run.parser.feed(_valid_text(chunk.text)))
-                if drafts:
-                    await self._journal.append(*drafts)
-            if chunk.progress is not None:
-                overall = pipeline.GENERATING.at(chunk.progress)
-                if overall - run.progress >= step:
-                    await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
+        # aclosing: a failure in this loop closes the provider's stream (its HTTP
+        # connection) now, not whenever the collector finalizes the generator.
+        async with contextlib.aclosing(self._provider.stream(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    run.usage = chunk.usage
+                if chunk.text:
+                    if run.first_token_ms is None:
+                        run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
+                        self._metrics.provider_first_token.observe(time.perf_counter() - asked)
+                    drafts = self._drafts(run, run.parser.feed(_valid_text(chunk.text)))
+                    if drafts:
+                        await self._journal.append(*drafts)
+                if chunk.progress is not None:
+                    overall = pipeline.GENERATING.at(chunk.progress)
+                    if overall - run.progress >= step:
+                        await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
         self._metrics.provider_stream.observe(time.perf_counter() - asked)
         drafts = self._drafts(run, run.parser.finish())
         if drafts:
@@ -381,7 +418,8 @@ class Generations:
         await self._stage(run, pipeline.VALIDATING, "active", 0.0)
         drafts = []
         for file in run.files.values():
-            result = check_file(file)
+            # In a thread: a large file would hold the event loop while it parses.
+            result = await asyncio.to_thread(check_file, file)
             if result is not None:
                 drafts.append(
                     run.draft(
@@ -397,7 +435,7 @@ class Generations:
         await self._stage(run, pipeline.VALIDATING, "complete", 1.0)
 
     async def _complete(self, run: _Run) -> None:
-        text = run.parser.text.strip()
+        text = run.text
         files = list(run.files.values())
         summary = _summary(files)
         usage = run.usage.as_dict()
@@ -497,11 +535,22 @@ class Generations:
             emit(terminal)
             return True
 
+        # In a task of its own: a second cancellation of the generation's task (a cancel,
+        # then shutdown) must not stop the end from being recorded.
+        await _uncancellable(asyncio.ensure_future(self._record_end(run, end, status, error)))
+
+    async def _record_end(
+        self,
+        run: _Run,
+        end: Callable[[Tx, Emit], Awaitable[bool]],
+        status: str,
+        error: ProviderError | None,
+    ) -> None:
         # A generation must end, or its streams wait forever: retry while the database
         # refuses the write (a full disk gets space again, a lock is released).
         for attempt in itertools.count():
             try:
-                ended = await _uncancellable(self._journal.transact(end))
+                ended = await self._journal.transact(end)
             except ApiError as exc:
                 delay = END_RETRY_DELAYS[min(attempt, len(END_RETRY_DELAYS) - 1)]
                 if self._closing or exc.code == "shutting_down":
@@ -528,12 +577,17 @@ class Generations:
 
 
 async def _uncancellable(future: asyncio.Future[T]) -> T:
-    """Wait for a write that must land even while the waiting task is being cancelled."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await future
-        raise
+    """Wait for work that must finish even while the waiting task is cancelled, however
+    often; the cancellation is passed on once the work is done."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()
 
 
 async def _resubmission(

@@ -77,6 +77,11 @@ class Journal:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def pending(self) -> int:
+        """Jobs queued for the next transaction (not counting the one being committed)."""
+        return len(self._queue)
+
     def append(self, *drafts: Draft) -> asyncio.Future[list[Event]]:
         """Queue events; the future resolves once they are committed and published."""
         future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()

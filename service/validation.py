@@ -51,4 +51,7 @@ def check_file(file: FileRecord) -> CheckResult | None:
         return CheckResult(file.path, name, False, f"line {exc.lineno}: {exc.msg}")
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         return CheckResult(file.path, name, False, str(exc))
+    except (RecursionError, MemoryError):
+        # Untrusted content: "[" * 100_000 exhausts the JSON and TOML parsers' stack.
+        return CheckResult(file.path, name, False, f"{file.path} is nested too deeply to parse")
     return CheckResult(file.path, name, True, f"{file.path} parses as {name}")

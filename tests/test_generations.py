@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from service import events as ev
+from service.journal import Emit
+from service.storage import Tx
 from tests.conftest import Genstream, MakeServer, client_session
 from tests.sse_reader import SSEReader
 
@@ -271,3 +274,38 @@ async def _wait_listening(http: aiohttp.ClientSession, url: str) -> None:
                         return
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
+
+
+async def test_submit_cancelled_while_committing_still_starts_its_generation(
+    gs: Genstream,
+) -> None:
+    """A client that leaves mid-submit cancels the handler (handler_cancellation), but the
+    rows still commit: the generation must run and end, not wait pending for ever."""
+    project_id = await gs.new_project()
+    journal = gs.services.journal
+    gate = asyncio.Event()
+
+    async def hold(tx: Tx, emit: Emit) -> None:
+        await gate.wait()
+
+    held = journal.transact(hold)
+    await _journal_queue_reaches(gs, 0)  # the writer is inside `hold`, holding the line
+    submit = asyncio.create_task(
+        gs.services.generations.submit(project_id, "an api", [], "req-left")
+    )
+    await _journal_queue_reaches(gs, 1)  # the submission waits behind it
+    submit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submit
+    gate.set()
+    await held
+    again = await gs.generate(project_id, "an api", client_request_id="req-left")
+    assert again["created"] is False
+    final = await gs.wait_generation(again["generation"]["id"])
+    assert final["status"] == "completed"
+
+
+async def _journal_queue_reaches(gs: Genstream, jobs: int) -> None:
+    async with asyncio.timeout(5):
+        while gs.services.journal.pending != jobs:  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0.01)

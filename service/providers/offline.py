@@ -17,7 +17,7 @@ import keyword
 import math
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from string import Template
 from typing import Final
@@ -50,7 +50,7 @@ class OfflineProvider:
             raise ValueError(f"tokens_per_second must be >= 0, got {tokens_per_second}")
         self.tokens_per_second = tokens_per_second
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
         text = render(request)
         tokens = tokenize(text)
         usage = Usage(len(request.prompt) // 4 + 1, len(tokens))

@@ -23,7 +23,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
@@ -68,7 +68,7 @@ class OpenAIProvider:
         # client per generation would otherwise add to every time to first token.
         self._tls = ssl.create_default_context()
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
         messages = build_messages(request, self.settings.context_chars)
         # A client per generation: the Provider contract has no close(), and this one
         # closes its connections when the generation ends, however it ends. Retries
