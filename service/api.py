@@ -151,7 +151,9 @@ async def list_events(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
     after = _query_int(request, "after", 0)
-    limit = _query_int(request, "limit", DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT) or 1
+    limit = _query_int(request, "limit", DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)
+    if limit == 0:
+        raise bad_request("limit", "must be at least 1")
     await _require_project(services, project_id)
     events = await services.storage.events_after(project_id, after, limit + 1)
     has_more = len(events) > limit

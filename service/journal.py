@@ -52,6 +52,9 @@ class Journal:
         self._storage = storage
         self._broker = broker
         self._next_id = next_id
+        # The newest id handed to the broker: a stream subscribing now gets every event
+        # after it, so it is where a stream with no cursor starts.
+        self.last_published_id = next_id - 1
         self._queue: list[_Append | _Transact[Any]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -114,7 +117,16 @@ class Journal:
                 await self._wakeup.wait()
                 continue
             batch, self._queue = self._queue, []
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                # A bug past the database's own errors must not end the writer: every
+                # later write would wait for ever. Fail this batch's callers, go on.
+                log.exception("journal writer failed on a batch of %d jobs", len(batch))
+                await self._storage.transaction().rollback()  # a no-op if it committed
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     async def _commit(self, batch: list[_Append | _Transact[Any]]) -> None:
         tx = self._storage.transaction()
@@ -125,7 +137,15 @@ class Journal:
         started = time.perf_counter()
 
         def seal_append(job: _Append) -> list[Event]:
-            events = [self._seal(draft) for draft in job.drafts]
+            mark = self._next_id
+            try:
+                events = [self._seal(draft) for draft in job.drafts]
+            except (TypeError, ValueError) as exc:
+                # A payload orjson cannot encode, an event name SSE cannot carry: that
+                # caller's mistake fails that caller alone.
+                self._next_id = mark
+                outcomes.append((job.future, None, exc))
+                return []
             appended.extend(events)
             outcomes.append((job.future, events, None))
             return events
@@ -167,6 +187,8 @@ class Journal:
             self.on_commit(elapsed)
         # Publish only what is durable, in id order (jobs were sealed in order): each
         # topic's events together, so a subscriber is handed the whole commit at once.
+        if published:
+            self.last_published_id = published[-1].id
         by_topic: dict[str, list[Event]] = {}
         for event in published:
             by_topic.setdefault(event.project_id, []).append(event)

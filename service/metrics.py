@@ -98,7 +98,7 @@ class Metrics:
         )
         self.provider_first_token = Histogram(
             "genstream_provider_first_token_seconds",
-            "time from a generation's start to the provider's first token",
+            "time from the call to the provider to its first token",
             buckets=PROVIDER_BUCKETS,
             registry=r,
         )

@@ -93,23 +93,25 @@ async def stream(
     # already queued for us, and what both deliver is dropped by id.
     subscriber = services.broker.subscribe(target.project_id)
     session_id = uuid.uuid4().hex
+    # No cursor: live from the newest event published before we subscribed; everything
+    # after it reaches our buffer. Ids are global, so any published id is a cursor.
+    start = services.journal.last_published_id if start_after is None else start_after
     progress = _Progress(
-        last_id=start_after or 0,
+        last_id=start,
         send_timeout=settings.send_timeout_seconds,
         abort=lambda: _abort(request),
         transport=request.transport,
     )
     reason = "error"
+    # Recorded before the first byte: a client that leaves at once still has its row.
+    _record_open(services, session_id, request, target, start_after)
+    response = web.StreamResponse(headers=sse.HEADERS)
     try:
-        response = web.StreamResponse(headers=sse.HEADERS)
         await response.prepare(request)
         _limit_unacked_time(request, settings.send_timeout_seconds * UNACKED_TIMEOUT_FACTOR)
         subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
         # First bytes at once: EventSource fires `open` and proxies see a live response.
         await _write(response, progress, sse.retry(settings.retry_ms) + sse.comment("connected"))
-        _record_open(services, session_id, request, target, start_after)
-        if start_after is None:
-            progress.last_id = await services.storage.project_last_event_id(target.project_id)
         await _replay(response, services, target, progress)
         if not progress.done and await _generation_over(services, target):
             # The terminal event commits with the status: read once more for it (it may
@@ -139,6 +141,14 @@ async def stream(
         reason = _closed_reason(subscriber, "client_gone")
         _abort(request)
         return web.StreamResponse()  # nothing more can be sent; aiohttp closes the socket
+    except Exception:
+        if not response.prepared:
+            raise  # nothing sent yet: the error middleware answers with JSON
+        # Headers and events are out: a JSON error now would land inside the stream's
+        # body. Drop the connection; the client reconnects and resumes by its cursor.
+        log.exception("stream %s failed", target.key)
+        _abort(request)
+        return response
     finally:
         services.broker.unsubscribe(subscriber)
         services.connections.close(target.key, target.project_id)

@@ -97,6 +97,7 @@ async def test_bad_project_request_is_a_400(gs: Genstream, body: bytes, field: s
         pytest.param("after=-1", "after", id="after-negative"),
         pytest.param("after=x", "after", id="after-not-a-number"),
         pytest.param("limit=1001", "limit", id="limit-too-large"),
+        pytest.param("limit=0", "limit", id="limit-zero"),
         pytest.param("limit=1e3", "limit", id="limit-not-an-integer"),
         pytest.param("after=9223372036854775808", "after", id="after-past-sqlite-int64"),
     ],

@@ -243,8 +243,7 @@ async def test_stream_joins_to_render_with_usage_on_the_last_chunk() -> None:
     assert progress[-1] == 1.0
 
 
-async def test_rate_zero_is_fast_and_lets_other_tasks_run() -> None:
-    loop = asyncio.get_running_loop()
+async def test_rate_zero_lets_other_tasks_run() -> None:
     ticks = 0
 
     async def ticker() -> None:
@@ -254,15 +253,13 @@ async def test_rate_zero_is_fast_and_lets_other_tasks_run() -> None:
             await asyncio.sleep(0)
 
     task = asyncio.create_task(ticker())
-    start = loop.time()
     chunks = await collect(OfflineProvider(0), ModelRequest(prompt="Build a todo API server"))
-    elapsed = loop.time() - start
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    # How fast is for `make bench` (offline end to end); here: it yields, never stalls.
     assert len(chunks) > 1
     assert ticks >= len(chunks) // 2
-    assert elapsed < 1.0
 
 
 async def test_stream_is_paced_at_tokens_per_second() -> None:

@@ -42,6 +42,7 @@ def test_frame_bytes(data: bytes, event: str | None, event_id: int | None, expec
         pytest.param("a\rb", None, id="event-with-CR"),
         pytest.param("a\x00b", None, id="event-with-NUL"),
         pytest.param(None, "1\n2", id="id-with-LF"),
+        pytest.param(None, "1\r2", id="id-with-CR"),
         pytest.param(None, "1\x002", id="id-with-NUL"),
     ],
 )

@@ -286,3 +286,21 @@ async def test_generation_stream_ends_after_terminal_event(gs: Genstream) -> Non
     # Resuming after the terminal event closes at once with nothing more.
     async with gs.http.get(url, headers={"Last-Event-ID": str(frames[-1].id)}) as response:
         assert await SSEReader(response).events_until_end(timeout=5) == []
+
+
+async def test_stream_failing_after_its_first_bytes_is_dropped_not_answered_twice(
+    gs: Genstream,
+) -> None:
+    project_id = await gs.new_project()
+    # The replay's read now fails inside the stream, after the headers went out.
+    with sqlite3.connect(gs.services.settings.storage.path) as db:
+        db.execute("ALTER TABLE events RENAME TO events_elsewhere")
+    url = f"{gs.url}/api/projects/{project_id}/stream"
+    body = b""
+    async with gs.http.get(url, headers={"Last-Event-ID": "0"}) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with asyncio.timeout(5):
+                async for chunk in response.content.iter_any():
+                    body += chunk
+    assert body == b"retry: 3000\n\n: connected\n\n"

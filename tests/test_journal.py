@@ -1,0 +1,56 @@
+"""The journal over a real SQLite file: what one caller's mistake does to the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service import events as ev
+from service.broker import Broker
+from service.events import Draft
+from service.journal import Emit, Journal
+from service.storage import Storage, Tx
+
+PROJECT = "prj_journal"
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    storage = await Storage.open(str(tmp_path / "journal.db"))
+    journal = await Journal.start(storage, Broker(queue_size=16))
+    yield journal
+    await journal.close()
+    await storage.close()
+
+
+def draft(**payload: object) -> Draft:
+    return Draft(PROJECT, None, ev.VALIDATION, dict(payload))
+
+
+async def test_a_payload_that_cannot_be_encoded_fails_its_caller_alone(journal: Journal) -> None:
+    good_before = journal.append(draft(n=1))
+    bad = journal.append(draft(n={1, 2}))  # a set: orjson cannot encode it
+    good_after = journal.append(draft(n=3))
+    async with asyncio.timeout(5):
+        before = await good_before
+        with pytest.raises(TypeError):
+            await bad
+        after = await good_after
+    # No id is lost to the failed append and none is given twice.
+    assert after[0].id == before[0].id + 1
+
+
+async def test_the_writer_goes_on_after_a_job_fails(journal: Journal) -> None:
+    async def broken(tx: Tx, emit: Emit) -> None:
+        emit(draft(n=1))
+        raise RuntimeError("the caller's own bug")
+
+    async with asyncio.timeout(5):
+        with pytest.raises(RuntimeError, match="own bug"):
+            await journal.transact(broken)
+        events = await journal.append(draft(n=2))
+    assert events[0].id == 1  # the failed job's event was rolled back with it
+    assert journal.last_published_id == 1
