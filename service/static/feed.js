@@ -29,6 +29,9 @@ export const TERMINAL_TYPES = new Set([
 // Failures in a row (no successful open between them) before falling back to polling.
 const MAX_STREAM_FAILURES = 3;
 const POLL_INTERVAL_MS = 2000;
+// While polling, try the stream again every this many polls (a minute): a server that
+// was away comes back, and the page should not poll for the rest of its life.
+const STREAM_RETRY_POLLS = 30;
 const PAGE_LIMIT = 1000;
 // When the browser gives up on a stream (an HTTP error), wait this long per failure.
 const REOPEN_DELAY_MS = 1000;
@@ -42,6 +45,7 @@ export class Feed {
     this.failures = 0;
     this.source = null;
     this.timer = null;
+    this.polls = 0;
     this.stopped = false;
     this.state = "idle";
   }
@@ -103,8 +107,15 @@ export class Feed {
   }
 
   startPolling() {
+    this.polls = 0;
     this.setState("polling", `every ${POLL_INTERVAL_MS / 1000} s`);
     this.poll();
+  }
+
+  retryStream() {
+    // One more failure sends it straight back to polling.
+    this.failures = MAX_STREAM_FAILURES - 1;
+    this.openStream();
   }
 
   async poll() {
@@ -121,7 +132,13 @@ export class Feed {
     } catch (error) {
       this.setState("poll-error", error.message);
     }
-    if (!this.stopped) this.timer = setTimeout(() => this.poll(), POLL_INTERVAL_MS);
+    if (this.stopped) return;
+    this.polls += 1;
+    if (this.polls % STREAM_RETRY_POLLS === 0) {
+      this.retryStream();
+      return;
+    }
+    this.timer = setTimeout(() => this.poll(), POLL_INTERVAL_MS);
   }
 }
 
