@@ -113,6 +113,8 @@ _GENERATION_COLUMNS: Final = (
     "error_code, error_message, retryable, usage, timings, provider, model, "
     "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
 )
+_GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?"
+_PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = ?"
 _MESSAGE_COLUMNS: Final = (
     "id, project_id, generation_id, role, status, content, created_at, updated_at"
 )
@@ -255,7 +257,7 @@ class Storage:
         # without a database read before its first byte.
         if project_id in self._known_projects:
             return True
-        if await self._one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is None:
+        if await self._one(_PROJECT_EXISTS, (project_id,)) is None:
             return False
         self._known_projects.add(project_id)
         return True
@@ -287,9 +289,7 @@ class Storage:
         }
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
-        row = await self._one(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?", (generation_id,)
-        )
+        row = await self._one(_GENERATION_BY_ID, (generation_id,))
         return _generation_view(row) if row else None
 
     async def active_generation_ids(self) -> list[str]:
@@ -400,7 +400,7 @@ class Tx:
         )
 
     async def project_exists(self, project_id: str) -> bool:
-        return await self._one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is not None
+        return await self._one(_PROJECT_EXISTS, (project_id,)) is not None
 
     async def insert_message(
         self,
@@ -450,9 +450,7 @@ class Tx:
         return _generation_view(row) if row else None
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
-        row = await self._one(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?", (generation_id,)
-        )
+        row = await self._one(_GENERATION_BY_ID, (generation_id,))
         return _generation_view(row) if row else None
 
     async def insert_generation(
