@@ -231,9 +231,7 @@ class Generations:
             raise not_found("generation", generation_id)
         if task is None and generation["status"] in ACTIVE_STATUSES:
             # Active with no task in this process: nothing else would ever end it.
-            run = _Run(generation_id, generation["project_id"], generation["assistant_message_id"])
-            run.recovered_text = (await self._storage.streamed_text(generation_id)).strip()
-            await self._finish_cancelled(run)
+            await self._finish_cancelled(await self._taskless_run(generation))
             generation = await self._storage.generation(generation_id) or generation
         return generation
 
@@ -244,12 +242,17 @@ class Generations:
             generation = await self._storage.generation(gid)
             if generation is None:
                 continue
-            run = _Run(gid, generation["project_id"], generation["assistant_message_id"])
-            # What was committed stays: the message keeps the text its deltas carried.
-            run.recovered_text = (await self._storage.streamed_text(gid)).strip()
+            run = await self._taskless_run(generation)
             await self._fail(run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True))
             log.warning("generation %s was left running by a previous process: failed", gid)
         return stale
+
+    async def _taskless_run(self, generation: dict[str, Any]) -> _Run:
+        """A run for a generation no task of this process runs, to record its end. What
+        was committed stays: the message keeps the text its deltas carried."""
+        run = _Run(generation["id"], generation["project_id"], generation["assistant_message_id"])
+        run.recovered_text = (await self._storage.streamed_text(generation["id"])).strip()
+        return run
 
     async def close(self) -> None:
         """Stop every running generation; each ends as failed with code `interrupted`."""
