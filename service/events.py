@@ -22,6 +22,9 @@ VALIDATION: Final = "validation"
 GENERATION_COMPLETED: Final = "generation.completed"
 GENERATION_FAILED: Final = "generation.failed"
 GENERATION_CANCELLED: Final = "generation.cancelled"
+# Not stored: the first frame of a project stream opened without a cursor, carrying the
+# id it starts after, so a client that drops before its first event resumes from there.
+STREAM_CURSOR: Final = "stream.cursor"
 
 TERMINAL_TYPES: Final = frozenset({GENERATION_COMPLETED, GENERATION_FAILED, GENERATION_CANCELLED})
 ALL_TYPES: Final = frozenset(
@@ -75,6 +78,13 @@ class Event:
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_TYPES
+
+
+def cursor_frame(last_event_id: int) -> bytes:
+    """The `stream.cursor` frame: an `id:` with data, because a data-less `id:` frame is
+    ignored by some clients (the npm `eventsource` package 4.x) though WHATWG honours it."""
+    data = orjson.dumps({"type": STREAM_CURSOR, "last_event_id": last_event_id})
+    return sse.frame(data, event=STREAM_CURSOR, event_id=last_event_id)
 
 
 def seal(draft: Draft, event_id: int) -> Event:

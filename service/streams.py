@@ -23,7 +23,7 @@ from aiohttp import web
 from service import sse
 from service.broker import Closed, Subscriber
 from service.context import Services
-from service.events import Event, now_ms
+from service.events import Event, cursor_frame, now_ms
 from service.journal import Emit, TxFunction
 from service.metrics import Metrics
 from service.params import non_negative_int
@@ -111,7 +111,12 @@ async def stream(
         _limit_unacked_time(request, settings.send_timeout_seconds * UNACKED_TIMEOUT_FACTOR)
         subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
         # First bytes at once: EventSource fires `open` and proxies see a live response.
-        await _write(response, progress, sse.retry(settings.retry_ms) + sse.comment("connected"))
+        first = sse.retry(settings.retry_ms) + sse.comment("connected")
+        if start_after is None:
+            # No cursor, so the client has no id to resume from until its first event: give
+            # it one now. A drop before that event then resumes here, not live from later.
+            first += cursor_frame(start)
+        await _write(response, progress, first)
         await _replay(response, services, target, progress)
         if not progress.done and await _generation_over(services, target):
             # The terminal event commits with the status: read once more for it (it may

@@ -91,14 +91,41 @@ async def test_project_stream_without_cursor_starts_live(gs: Genstream) -> None:
     project_id = await gs.new_project()
     first = await gs.generate(project_id, "first")
     await gs.wait_generation(first["generation"]["id"])
+    last = (await gs.events(project_id))[-1]["id"]
     async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
         reader = SSEReader(response)
         await reader.frame()  # retry
         await reader.frame()  # connected
+        cursor = await reader.event()
         second = await gs.generate(project_id, "second")
         frame = await reader.event()
+    assert (
+        cursor.raw
+        == b'id: %d\nevent: stream.cursor\ndata: {"type":"stream.cursor","last_event_id":%d}\n\n'
+        % (last, last)
+    )
     assert frame.json["generation_id"] == second["generation"]["id"]
     assert frame.event == ev.MESSAGE_CREATED
+
+
+async def test_stream_without_cursor_dropped_before_its_first_event_loses_nothing(
+    gs: Genstream,
+) -> None:
+    # The client's only id is the stream.cursor frame's: it resumes from it, as an
+    # EventSource does with its lastEventId, and gets what was committed while it was away.
+    project_id = await gs.new_project()
+    async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
+        cursor = await SSEReader(response).event()
+    assert cursor.event == ev.STREAM_CURSOR and cursor.id is not None
+    generation = await gs.generate(project_id)
+    await gs.wait_generation(generation["generation"]["id"])
+    headers = {"Last-Event-ID": str(cursor.id)}
+    async with gs.http.get(
+        f"{gs.url}/api/projects/{project_id}/stream", headers=headers
+    ) as response:
+        reader = SSEReader(response)
+        frames = [await reader.event() for _ in range(len(await gs.events(project_id)))]
+    assert [f.json for f in frames] == await gs.events(project_id)
 
 
 @pytest.mark.parametrize(
@@ -178,8 +205,9 @@ async def test_heartbeat_after_quiet(make_server: MakeServer) -> None:
     project_id = await gs.new_project()
     async with gs.http.get(f"{gs.url}/api/projects/{project_id}/stream") as response:
         reader = SSEReader(response)
-        await reader.frame()
-        await reader.frame()
+        await reader.frame()  # retry
+        await reader.frame()  # connected
+        assert (await reader.frame()).event == ev.STREAM_CURSOR
         for _ in range(2):
             ping = await reader.frame(timeout=2)
             assert ping.raw == b": ping\n\n"
