@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from service import events as ev
-from tests.conftest import LOOPBACK, Genstream, MakeServer
-from tests.process import free_port
+from tests.conftest import Genstream, MakeServer
+from tests.nginx import NGINX, ROOT, SNIPPET, nginx
 from tests.sse_reader import SSEReader
 
-ROOT = Path(__file__).resolve().parent.parent
-SNIPPET = ROOT / "deploy" / "nginx-streams.conf"
-# Debian puts it in /usr/sbin, which an ordinary user's PATH may not hold.
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test does)")
-
-
-def _config(tmp_path: Path, port: int, upstream: int) -> str:
-    location = SNIPPET.read_text().replace("127.0.0.1:8080", f"{LOOPBACK}:{upstream}")
-    temp = {name: tmp_path / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir()
-    return f"""
-daemon off;
-master_process off;  # one process, as the user running the test
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp["client_body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    server {{
-        listen {LOOPBACK}:{port};
-{location}
-    }}
-}}
-"""
 
 
 @pytest.fixture
@@ -54,31 +21,8 @@ async def nginx_in_front(
 ) -> AsyncIterator[tuple[Genstream, str]]:
     """A server with slow generations behind nginx: the server and nginx's URL."""
     gs = await make_server(offline={"tokens_per_second": 20})
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(_config(tmp_path, port, gs.server.port))
-    assert NGINX is not None
-    process = await asyncio.create_subprocess_exec(
-        NGINX, "-c", str(conf), "-p", str(tmp_path), stderr=asyncio.subprocess.DEVNULL
-    )
-    url = f"http://{LOOPBACK}:{port}"
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                if process.returncode is not None:
-                    raise AssertionError((tmp_path / "error.log").read_text())
-                try:
-                    _, writer = await asyncio.open_connection(LOOPBACK, port)
-                except OSError:
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
-                await writer.wait_closed()
-                break
+    async with nginx(tmp_path, gs.server.port) as url:
         yield gs, url
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 def test_readme_documents_the_same_location_block() -> None:
