@@ -50,15 +50,7 @@ class Genstream:
 
     async def events(self, project_id: str, after: int = 0) -> list[dict[str, Any]]:
         """Every stored event of the project after `after`, paging through /events."""
-        collected: list[dict[str, Any]] = []
-        while True:
-            page = await self.json(
-                "GET", f"/api/projects/{project_id}/events?after={after}&limit=1000"
-            )
-            collected.extend(page["events"])
-            after = page["last_event_id"]
-            if not page["has_more"]:
-                return collected
+        return await stored_events(self.json, project_id, after)
 
     async def wait_generation(self, generation_id: str, timeout: float = 20.0) -> dict[str, Any]:
         """Follow the generation's stream to its end; return its final state."""
@@ -69,6 +61,21 @@ class Genstream:
             await response.read()
         generation: dict[str, Any] = await self.json("GET", f"/api/generations/{generation_id}")
         return generation
+
+
+JsonCall = Callable[..., Awaitable[Any]]
+
+
+async def stored_events(json: JsonCall, project_id: str, after: int = 0) -> list[dict[str, Any]]:
+    """Every stored event of the project after `after`, paging through /events with
+    `json(method, path)` (a server's `json`, in process or a child)."""
+    collected: list[dict[str, Any]] = []
+    while True:
+        page = await json("GET", f"/api/projects/{project_id}/events?after={after}&limit=1000")
+        collected.extend(page["events"])
+        after = page["last_event_id"]
+        if not page["has_more"]:
+            return collected
 
 
 def base_settings(tmp_path: Path) -> Settings:

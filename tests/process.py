@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import LOOPBACK, client_session
+from tests.conftest import LOOPBACK, client_session, stored_events
 
 START_TIMEOUT = 20.0
 
@@ -41,6 +41,10 @@ class ServerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log(self) -> str:
         return self.output.decode(errors="replace")
 
@@ -61,6 +65,10 @@ class ServerProcess:
         project_id: str = (await self.json("POST", "/api/projects", status=201, json={}))["id"]
         return project_id
 
+    async def events(self, project_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Every stored event of the project after `after`, paging through /events."""
+        return await stored_events(self.json, project_id, after)
+
 
 def server_env(tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
     """The environment of a child server: GENSTREAM_<SECTION>_<KEY> from `settings`
@@ -78,11 +86,13 @@ def server_env(tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def server_process(
-    tmp_path: Path, *, wrapper: Sequence[str] = (), **settings: str
+    tmp_path: Path, *, port: int = 0, wrapper: Sequence[str] = (), **settings: str
 ) -> AsyncIterator[ServerProcess]:
     """Start a server (under `wrapper`, a command that runs the one after it), wait until
-    /healthz answers, and kill it at the end if still alive."""
-    port = free_port()
+    /healthz answers, and kill it at the end if still alive. `port`: 0 for a free one, or a
+    stopped server's port to restart it where its clients were (same `tmp_path`: same
+    database)."""
+    port = port or free_port()
     env = server_env(tmp_path, port, **settings)
     process = await asyncio.create_subprocess_exec(
         *wrapper,
