@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx node-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ NGINX := /usr/sbin/nginx
 nginx:
 	@$(call system_package,$(NGINX),nginx,the reverse-proxy test)
 
+# The EventSource client test runs the npm `eventsource` package (tests/node, pinned by its
+# lockfile) on Node: Debian's nodejs and npm when no npm is on the PATH, then `npm ci`
+# whenever node_modules is missing or older than the lockfile.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null || $(call system_package,/usr/bin/npm,nodejs npm,the npm EventSource client test)
+	if command -v npm >/dev/null; then \
+		cd $(NODE_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; fi
+
+node-deps: $(NODE_STAMP)
+
 # $(call system_package,BINARY,PACKAGE,WHAT): install a Debian package when its binary is
 # missing. As root (CI) a failed install fails the build; without root it is said, and the
 # tests that need it are skipped with that reason.
@@ -47,7 +59,7 @@ system_package = if test -x $(1); then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); \
 	else echo "make: $(1) is missing and installing $(2) needs root: $(3) will be skipped"; fi
 
-test: $(STAMP) browser nginx
+test: $(STAMP) browser nginx node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
