@@ -25,6 +25,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from service.broker import Closed
 from tests.conftest import Genstream, MakeServer
+from tests.nginx import NGINX, access_log, answered, nginx
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
 # What a headless Chromium needs in a container, and nothing that phones home.
@@ -42,6 +43,8 @@ ARTIFACTS: Final = Path(__file__).resolve().parent.parent / "test-artifacts"
 WAIT_MS: Final = 20_000
 # Slow enough to act in the middle of a generation (a few seconds for the offline project).
 SLOW: Final = {"tokens_per_second": 200}
+# A page whose stream failed opens a new one within this (its longest backoff, and more).
+RECOVERY_MS: Final = 12_000
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -60,6 +63,12 @@ SNAPSHOT_JS: Final = """() => ({
 })"""
 VIEWER_TEXT_JS: Final = """() => [...document.querySelectorAll("#code .line")]
   .map((line) => line.textContent).join("\\n")"""
+
+# What the debug drawer lists: each event's id and how it came (stream, poll, replay).
+DRAWER_ROWS_JS: Final = """rows => rows.map((row) => ({
+  id: Number(row.dataset.id),
+  via: row.querySelector(".via").textContent,
+}))"""
 
 DURATION: Final = re.compile(r"^\d+(\.\d+)? m?s$")
 
@@ -380,6 +389,49 @@ async def test_stream_drop_reconnects_then_falls_back_to_polling(
     await expect_page_shows_database(page, gs, project_id)
     polled = await page.locator('#debug-events li[data-type="generation.completed"]').text_content()
     assert polled is not None and "poll" in polled
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test does)")
+async def test_page_behind_nginx_reopens_its_stream_after_the_502s_of_a_restart(
+    tmp_path: Path, make_server: MakeServer, new_page: PageFactory
+) -> None:
+    # retry_ms: the browser waits this long after the shutdown's goodbye to reconnect.
+    fast_retry = {"retry_ms": 200}
+    first = await make_server(stream=fast_retry)
+    port = first.server.port
+    project_id = await first.new_project("restart")
+    stream = f"/api/projects/{project_id}/stream"
+    async with nginx(tmp_path, port, page=True) as proxied:
+        page = await new_page(f"{proxied}/?project={project_id}&debug=true")
+        await expect(page.locator("#connection")).to_have_text("Live")
+
+        await first.server.stop()
+        # The stream's reconnects reach nginx, which cannot reach genstream: 502, which
+        # closes an EventSource for good. Two of them (with the goodbye, three failures in
+        # a row: the page used to poll from there and try the stream once a minute).
+        await answered(tmp_path, 502, stream, count=2, timeout=WAIT_MS / 1000)
+        assert await page.locator("#connection").text_content() != "Live"
+
+        second = await make_server(port=port, stream=fast_retry)
+        # The page opens a new EventSource by itself, within seconds.
+        await expect(page.locator("#connection")).to_have_text("Live", timeout=RECOVERY_MS)
+        connections = await second.json("GET", "/api/connections")
+        assert connections["by_key"] == {f"project:{project_id}": 1}
+        submitted = await second.generate(project_id, "a todo api")
+        drawer = page.locator("#debug-events")
+        await expect(drawer.locator('li[data-type="generation.completed"]')).to_have_count(1)
+        await expect_page_shows_database(page, second, project_id)
+
+        stored = await second.events(project_id)
+        assert {e["generation_id"] for e in stored} == {submitted["generation"]["id"]}
+        # Every stored event reached the page once, on the reopened stream.
+        await expect(page.locator("#debug-count")).to_have_text(f"({len(stored)})")
+        shown = await drawer.locator("li").evaluate_all(DRAWER_ROWS_JS)
+        assert shown == [{"id": e["id"], "via": "stream"} for e in stored][-len(shown) :]
+        # nginx's log: the first stream, ended by the shutdown, then only 502s (the open
+        # stream is logged when it ends).
+        statuses = [status for status, _, uri in access_log(tmp_path) if uri.startswith(stream)]
+        assert statuses[0] == 200 and set(statuses[1:]) == {502}, statuses
 
 
 async def test_token_is_asked_once_and_kept_for_the_session(
