@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx node-deps
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ NGINX := /usr/sbin/nginx
 nginx:
 	@$(call system_package,$(NGINX),nginx,the reverse-proxy test)
 
+# The same tests for Debian's Caddy and HAProxy (tests/test_proxies.py), and openssl for
+# the self-signed certificate of their HTTPS (HTTP/2) recipes: installed when missing.
+CADDY := /usr/bin/caddy
+HAPROXY := /usr/sbin/haproxy
+OPENSSL := /usr/bin/openssl
+caddy:
+	@$(call system_package,$(CADDY),caddy,the Caddy tests)
+haproxy:
+	@$(call system_package,$(HAPROXY),haproxy,the HAProxy tests)
+openssl:
+	@$(call system_package,$(OPENSSL),openssl,the HTTP/2 proxy tests)
+
 # The EventSource client test runs the npm `eventsource` package (tests/node, pinned by its
 # lockfile) on Node: Debian's nodejs and npm when no npm is on the PATH, then `npm ci`
 # whenever node_modules is missing or older than the lockfile.
@@ -59,7 +71,7 @@ system_package = if test -x $(1); then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); \
 	else echo "make: $(1) is missing and installing $(2) needs root: $(3) will be skipped"; fi
 
-test: $(STAMP) browser nginx node-deps
+test: $(STAMP) browser nginx caddy haproxy openssl node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
