@@ -137,7 +137,8 @@ async def test_quiet_stream_outlives_the_proxy_idle_timeout_on_heartbeats(
             else:
                 # The cursor a no-cursor stream is given before any event.
                 assert frame.event == ev.STREAM_CURSOR, frame
-        assert pings >= 2.5 * IDLE_TIMEOUT_SECONDS / HEARTBEAT_SECONDS - 2
+        # About ten; half of them is plenty on a busy machine.
+        assert pings >= 2.5 * IDLE_TIMEOUT_SECONDS / HEARTBEAT_SECONDS / 2, pings
         # Still the live stream: a generation's events come through it to the end.
         generation_id = (await gs.generate(project_id))["generation"]["id"]
         while True:
@@ -169,7 +170,7 @@ async def test_silent_stream_is_cut_by_the_proxy_idle_timeout(
 async def test_resume_through_the_proxy_gives_exactly_the_rest_of_the_log(
     kind: Kind, make_server: MakeServer, front: Front
 ) -> None:
-    gs = await make_server(offline={"tokens_per_second": 400})
+    gs = await make_server(offline={"tokens_per_second": 1500})
     proxy = await front(kind, gs)
     project_id = await gs.new_project()
     generation_id = (await gs.generate(project_id))["generation"]["id"]
