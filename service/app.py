@@ -105,7 +105,9 @@ def _presented_token(request: web.Request) -> str | None:
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    storage = await Storage.open(settings.storage.path, settings.storage.busy_timeout_ms)
+    storage = await Storage.open(
+        settings.storage.path, settings.storage.busy_timeout_ms, settings.storage.readers
+    )
     broker = Broker(settings.stream.queue_size)
     journal = await Journal.start(storage, broker)
     stats = Metrics()

@@ -25,6 +25,7 @@ POSITIVE: Final = frozenset(
     {
         "server.max_body_bytes",
         "server.shutdown_grace_seconds",
+        "storage.readers",
         "stream.heartbeat_seconds",
         "stream.queue_size",
         "stream.replay_page",
@@ -59,6 +60,7 @@ class ServerSettings:
 class StorageSettings:
     path: str = "data/genstream.db"
     busy_timeout_ms: int = 5000
+    readers: int = 2
     retention_events_per_project: int = 100_000
     retention_days: float = 0.0
     retention_interval_seconds: float = 600.0

@@ -1,8 +1,9 @@
 """SQLite storage: the schema, its migrations, and every SQL statement of the service.
 
-Two aiosqlite connections: one writer, driven only by the journal's writer loop (so
-transactions never interleave), and one reader for the HTTP reads and stream replays
-(WAL lets it read while the writer commits).
+One writer connection, driven only by the journal's writer loop (so transactions never
+interleave), and a few reader connections for the HTTP reads and stream replays (WAL
+lets them read while the writer commits). The rule a stream relies on: a read sees
+every event published before it was issued (see `_Readers`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -113,6 +115,16 @@ _GENERATION_COLUMNS: Final = (
     "error_code, error_message, retryable, usage, timings, provider, model, "
     "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
 )
+# A project with its active generation and its newest event id, as one statement: one
+# read, so one snapshot (a view pieced from several reads could mix two moments).
+_PROJECT_VIEW: Final = (
+    "SELECT p.id AS p_id, p.name AS p_name, p.created_at AS p_created_at, "
+    "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
+    + ", ".join(f"g.{column.strip()}" for column in _GENERATION_COLUMNS.split(","))
+    + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
+    "WHERE a.project_id = p.id AND a.status IN ('pending', 'running') "
+    "ORDER BY a.created_at DESC LIMIT 1)"
+)
 _GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?"
 _PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = ?"
 _MESSAGE_COLUMNS: Final = (
@@ -149,21 +161,99 @@ async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
     return conn
 
 
+class _Readers:
+    """Reader connections, each lent to one read at a time, each read one trip.
+
+    The rule every stream rests on: a read sees every event published before the read was
+    issued. A stream subscribes, then replays; an event published before the subscribe is
+    not in its buffer, so the replay must see it.
+
+    * WAL: a read transaction sees every transaction that committed before it began
+      (https://www.sqlite.org/wal.html, "Concurrency": a reader remembers the WAL's last
+      valid commit record when it starts). The journal publishes only after COMMIT, so a
+      read that begins after it was issued sees every published event.
+    * But a read transaction begins when the first statement on a connection runs, and
+      lasts while any statement on that connection is open: every other statement on the
+      same connection runs inside it, in the same snapshot
+      (https://www.sqlite.org/isolation.html, "No Isolation Between Operations On The
+      Same Database Connection", and https://www.sqlite.org/lang_transaction.html: an
+      implicit transaction ends when the last active statement finishes). A read split
+      into an execute trip and a fetch trip to aiosqlite's thread holds its statement
+      open between them, and a replay issued meanwhile on the same connection ran in
+      that older snapshot: an event published in between was in neither the replay nor
+      the buffer, lost for good (issue 10).
+
+    So a read takes a connection for itself and runs as one job on its thread (aiosqlite's
+    execute_fetchall: execute and fetch all rows, which resets the statement and ends the
+    transaction before the job returns). Nothing else runs on that connection meanwhile,
+    so its snapshot starts when the job runs, after the read was issued. A cancelled
+    caller cannot leave a statement open either: the job still runs to its end on the
+    connection's thread, before the next job lent that connection.
+    """
+
+    def __init__(self, connections: Sequence[aiosqlite.Connection]) -> None:
+        self._all = tuple(connections)
+        self._idle = list(self._all)
+        # First come, first served: a connection given back goes straight to the oldest
+        # waiter. (An asyncio.Queue lets a task that gives one back take it again at once,
+        # so a stream paging through a long replay starved every other read.)
+        self._waiters: deque[asyncio.Future[aiosqlite.Connection]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def lend(self) -> AsyncIterator[aiosqlite.Connection]:
+        connection = await self._take()
+        try:
+            yield connection
+        finally:
+            self._give_back(connection)
+
+    async def _take(self) -> aiosqlite.Connection:
+        if self._idle and not self._waiters:
+            return self._idle.pop()
+        waiter: asyncio.Future[aiosqlite.Connection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Handed a connection, then cancelled before it could use it: pass it on.
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())
+            raise
+
+    def _give_back(self, connection: aiosqlite.Connection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
+
+    async def fetch_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        async with self.lend() as connection:
+            return list(await connection.execute_fetchall(sql, params))
+
+    async def close(self) -> None:
+        for connection in self._all:
+            await connection.close()
+
+
 class Storage:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, readers: Sequence[aiosqlite.Connection]
+    ) -> None:
         self._writer = writer
-        self._reader = reader
+        self._readers = _Readers(readers)
         self._known_projects: set[str] = set()
 
     @classmethod
-    async def open(cls, path: str, busy_timeout_ms: int = 5000) -> Storage:
+    async def open(cls, path: str, busy_timeout_ms: int = 5000, readers: int = 2) -> Storage:
         try:
-            return await cls._open(path, busy_timeout_ms)
+            return await cls._open(path, busy_timeout_ms, readers)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
 
     @classmethod
-    async def _open(cls, path: str, busy_timeout_ms: int) -> Storage:
+    async def _open(cls, path: str, busy_timeout_ms: int, readers: int) -> Storage:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path, busy_timeout_ms)
@@ -175,16 +265,25 @@ class Storage:
             # may lose the last commits, never corrupt the file.
             await writer.execute("PRAGMA synchronous = NORMAL")
             await _migrate(writer)
-            reader = await _connect(path, busy_timeout_ms)
+            connections: list[aiosqlite.Connection] = []
+            try:
+                for _ in range(readers):
+                    connections.append(reader := await _connect(path, busy_timeout_ms))
+                    # A first read opens the WAL index now: a reader that is broken fails
+                    # the start, and the descriptors a server holds stay the same later.
+                    await reader.execute_fetchall("SELECT count(*) FROM sqlite_master")
+            except BaseException:
+                await _Readers(connections).close()
+                raise
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader)
+        return cls(writer, connections)
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file, then close: a clean stop leaves one
         self-contained file (a crash leaves the WAL, which the next open replays)."""
-        await self._reader.close()
+        await self._readers.close()
         try:
             await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -223,33 +322,15 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------------
 
-    # A read is shielded from cancellation (a stream whose client left): cancelled between
-    # aiosqlite's execute and the cursor's close, it would leave a statement open, and its
-    # WAL read snapshot would hide later commits from the next reads on this connection
-    # (a project just created answered 404).
-
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return await asyncio.shield(self._fetch_all(sql, params))
-
-    async def _fetch_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return await self._readers.fetch_all(sql, params)
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        return await asyncio.shield(self._fetch_one(sql, params))
-
-    async def _fetch_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
-        async with self._reader.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        rows = await self._readers.fetch_all(sql, params)
+        return rows[0] if rows else None
 
     async def max_event_id(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM events")
-        return int(row[0]) if row else 0
-
-    async def project_last_event_id(self, project_id: str) -> int:
-        row = await self._one(
-            "SELECT COALESCE(MAX(id), 0) FROM events WHERE project_id = ?", (project_id,)
-        )
         return int(row[0]) if row else 0
 
     async def project_exists(self, project_id: str) -> bool:
@@ -263,30 +344,12 @@ class Storage:
         return True
 
     async def project(self, project_id: str) -> dict[str, Any] | None:
-        row = await self._one(
-            "SELECT id, name, created_at FROM projects WHERE id = ?", (project_id,)
-        )
-        return await self._project_view(row) if row else None
+        rows = await self._all(f"{_PROJECT_VIEW} WHERE p.id = ?", (project_id,))
+        return _project_view(rows[0]) if rows else None
 
     async def projects(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT id, name, created_at FROM projects ORDER BY created_at, id")
-        return [await self._project_view(row) for row in rows]
-
-    async def _project_view(self, row: sqlite3.Row) -> dict[str, Any]:
-        active = await self._one(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations "
-            "WHERE project_id = ? AND status IN ('pending', 'running') "
-            "ORDER BY created_at DESC LIMIT 1",
-            (row["id"],),
-        )
-        return {
-            "id": row["id"],
-            "name": row["name"],
-            "created_at": row["created_at"],
-            "status": "generating" if active else "idle",
-            "active_generation": _generation_view(active) if active else None,
-            "last_event_id": await self.project_last_event_id(row["id"]),
-        }
+        rows = await self._all(f"{_PROJECT_VIEW} ORDER BY p.created_at, p.id")
+        return [_project_view(row) for row in rows]
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
         row = await self._one(_GENERATION_BY_ID, (generation_id,))
@@ -584,6 +647,18 @@ class Tx:
             "UPDATE stream_sessions SET ended_at = ?, close_reason = ? WHERE ended_at IS NULL",
             (at, reason),
         )
+
+
+def _project_view(row: sqlite3.Row) -> dict[str, Any]:
+    active = row["id"] is not None
+    return {
+        "id": row["p_id"],
+        "name": row["p_name"],
+        "created_at": row["p_created_at"],
+        "status": "generating" if active else "idle",
+        "active_generation": _generation_view(row) if active else None,
+        "last_event_id": row["p_last_event_id"],
+    }
 
 
 def _generation_view(row: sqlite3.Row) -> dict[str, Any]:
