@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from service.events import TERMINAL_TYPES
+from service.events import STREAM_CURSOR, TERMINAL_TYPES
 from service.sse_parser import Message, SSEParser
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
@@ -334,6 +334,11 @@ class GenstreamClient:
                     failures = 0
                     async for chunk in response.content.iter_any():
                         for message in parser.feed(chunk):
+                            if message.event == STREAM_CURSOR:
+                                # Not an event: where a stream opened with no cursor
+                                # starts, carried as its id; a reconnect resumes there.
+                                cursor = _cursor_frame_id(message, cursor)
+                                continue
                             event = _event(message)
                             # Whatever the server or a proxy replays, an id at or below
                             # the cursor was yielded already.
@@ -393,6 +398,13 @@ class GenstreamClient:
                     NO_STATUS, "not_event_stream", f"{path} answered {response.content_type}"
                 )
             yield response
+
+
+def _cursor_frame_id(message: Message, cursor: int | None) -> int | None:
+    raw = message.last_event_id
+    if cursor is None and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return cursor
 
 
 def _event(message: Message) -> Event:

@@ -305,3 +305,23 @@ async def test_an_unreachable_server_raises_after_the_attempts_allowed(
 )
 def test_backoff_delay(failures: int, retry_ms: int | None, rand: float, expected: float) -> None:
     assert Backoff().delay(failures, retry_ms, lambda: rand) == pytest.approx(expected)
+
+
+async def test_a_stream_opened_without_a_cursor_takes_its_start_from_the_cursor_frame(
+    make_server: MakeServer,
+) -> None:
+    # The public calls always send a cursor; the follow loop itself must still treat a
+    # stream.cursor frame as its starting point, not as an event, and resume from it.
+    gs = await make_server(stream=FAST_RETRY)
+    project_id = await gs.new_project()
+    async with client(gs.url) as api:
+        follow = api._follow(f"/api/projects/{project_id}/stream", None, None)
+        async with aclosing(follow) as stream:
+            first_event = asyncio.ensure_future(anext(stream))
+            async with asyncio.timeout(10):
+                while (await gs.json("GET", "/api/connections"))["total"] == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                generation = await api.generate(project_id, "a todo api")
+                event = await first_event
+    assert event.type == ev.MESSAGE_CREATED
+    assert event.generation_id == generation["generation"]["id"]
