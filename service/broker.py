@@ -52,9 +52,13 @@ class Subscriber:
         one per event (a thousand subscribers times a batch of events is millions)."""
         if self.closed is not None:
             return
-        if len(self.pending) + len(events) > self.limit:
+        if len(self.pending) >= self.limit:
+            # Behind: it still holds a full buffer of earlier commits it has not taken.
             # Never drop an event silently and never grow without bound: end the
-            # subscription; the client reconnects and replays from SQLite.
+            # subscription; the client reconnects and replays from SQLite. A commit
+            # larger than the buffer (one model delta holding 500 files) is still taken
+            # whole by a subscriber that keeps up: what counts is how much it left
+            # untaken, so a buffer holds at most `limit` events plus one commit.
             self.pending.clear()
             self.close(Closed.SLOW_CLIENT)
             if self.on_overflow is not None:

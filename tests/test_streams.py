@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from service import events as ev
 from service.events import Draft
-from tests.conftest import Genstream, MakeServer
+from tests.conftest import LOOPBACK, Genstream, MakeServer
 from tests.sse_reader import SSEReader
 
 
@@ -265,40 +266,74 @@ async def test_connections_counts_streams_per_key(gs: Genstream) -> None:
 async def test_slow_client_is_cut_off_then_resumes_with_nothing_lost(
     make_server: MakeServer,
 ) -> None:
+    # A client that stops reading: the handler's write backs up (small receive window,
+    # 150 KB events), later commits pile up in its buffer, and past queue_size untaken
+    # events it is cut off; it resumes from SQLite with nothing lost.
     gs = await make_server(stream={"queue_size": 8})
     project_id = await gs.new_project()
     start = (await gs.json("GET", f"/api/projects/{project_id}"))["last_event_id"]
-    burst = 50
-    received: list[int] = []
     url = f"{gs.url}/api/projects/{project_id}/stream"
+    burst = 60
+    request = (
+        f"GET /api/projects/{project_id}/stream HTTP/1.1\r\nHost: test\r\n"
+        f"Last-Event-ID: {start}\r\n\r\n"
+    ).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect((LOOPBACK, gs.server.port))
+        sock.sendall(request)
+        head = b""
+        while b": connected" not in head:
+            chunk = await asyncio.to_thread(sock.recv, 4096)
+            assert chunk, head
+            head += chunk
+        # From here on it reads nothing. One commit per event, so the buffer fills
+        # across commits, as it does behind a client that fell behind.
+        for n in range(burst):
+            await gs.services.journal.append(
+                Draft(project_id, None, ev.VALIDATION, {"n": n, "pad": "x" * 150_000})
+            )
+            if await open_streams(gs) == 0:
+                break
+        assert await session_reasons(gs, count=1) == ["slow_client"]
+    received: list[int] = []
     async with gs.http.get(url, headers={"Last-Event-ID": str(start)}) as response:
         reader = SSEReader(response)
-        # A first event proves the handler is past its replay and following live.
-        await gs.services.journal.append(Draft(project_id, None, ev.VALIDATION, {"n": -1}))
-        warm_up = await reader.event()
-        assert warm_up.id is not None
-        received.append(warm_up.id)
-        # One journal batch publishes all fifty at once: more than the subscriber's
-        # buffer holds before its handler can run, so it must be cut off.
-        drafts = [Draft(project_id, None, ev.VALIDATION, {"n": n}) for n in range(burst)]
-        await gs.services.journal.append(*drafts)
-        # The stream ends: cleanly, or aborted when the handler was stuck in a write.
-        with pytest.raises((EOFError, aiohttp.ClientPayloadError, ConnectionError)):
-            while True:
-                frame = await reader.event(timeout=5)
-                assert frame.id is not None
-                received.append(frame.id)
-    assert len(received) < burst + 1
-    async with gs.http.get(url, headers={"Last-Event-ID": str(received[-1])}) as response:
-        reader = SSEReader(response)
-        while len(received) < burst + 1:
+        while len(received) < n + 1:
             frame = await reader.event(timeout=5)
             assert frame.id is not None
             received.append(frame.id)
     stored = await gs.events(project_id, after=start)
     assert received == [e["id"] for e in stored]
-    assert [e["n"] for e in stored] == list(range(-1, burst))
-    assert (await session_reasons(gs, count=2))[0] == "slow_client"
+    assert [e["n"] for e in stored] == list(range(n + 1))
+
+
+async def test_a_commit_larger_than_the_buffer_does_not_cut_off_clients_that_keep_up(
+    gs: Genstream,
+) -> None:
+    # One model delta holding 500 files is about 1,500 events in one append: more than
+    # stream.queue_size (1,024), yet each client that keeps up takes it whole.
+    project_id = await gs.new_project()
+    start = (await gs.json("GET", f"/api/projects/{project_id}"))["last_event_id"]
+    url = f"{gs.url}/api/projects/{project_id}/stream"
+    batch = gs.services.settings.stream.queue_size + 500
+    streams = [await gs.http.get(url, headers={"Last-Event-ID": str(start)}) for _ in range(20)]
+    try:
+        readers = [SSEReader(response) for response in streams]
+        # Each follows live: a first event proves its handler is past its replay.
+        await gs.services.journal.append(Draft(project_id, None, ev.VALIDATION, {"n": -1}))
+        for reader in readers:
+            assert (await reader.event()).json["n"] == -1
+        drafts = [Draft(project_id, None, ev.VALIDATION, {"n": n}) for n in range(batch)]
+        await gs.services.journal.append(*drafts)
+        for reader in readers:
+            assert [(await reader.event()).json["n"] for _ in range(batch)] == list(range(batch))
+        assert await open_streams(gs) == 20
+    finally:
+        for response in streams:
+            response.close()
+    assert "slow_client" not in await session_reasons(gs, count=20)
 
 
 async def test_generation_stream_ends_after_terminal_event(gs: Genstream) -> None:
