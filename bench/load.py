@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import re
 import resource
 import statistics
@@ -307,32 +308,42 @@ async def _quiet(pid: int) -> None:
 
 
 async def replay(
-    http: aiohttp.ClientSession, server: Server, events: int, size: int
+    http: aiohttp.ClientSession, server: Server, events: int, size: int, clients: int = 1
 ) -> dict[str, Any]:
-    """`events` stored events, then one client resuming from cursor 0."""
+    """`events` stored events, then `clients` clients resuming from cursor 0 at once."""
     topic = await _new_topic(http, server)
     await _inject(http, server, topic, events, size)
-    done = asyncio.get_running_loop().create_future()
-    reader = Reader(
-        _get(server.stream_path(topic, 0), server.host_port[0]),
-        goal=events,
-        on_goal=lambda r: done.set_result(None),
-    )
+    loop = asyncio.get_running_loop()
+    done: list[asyncio.Future[None]] = [loop.create_future() for _ in range(clients)]
+    readers = [
+        Reader(
+            _get(server.stream_path(topic, 0), server.host_port[0]),
+            goal=events,
+            on_goal=functools.partial(_reached, future),
+        )
+        for future in done
+    ]
     cpu0 = common.cpu_seconds(server.pid)
     started = time.time_ns()
     try:
-        await _open(server, [reader])
+        await _open(server, readers)
         async with asyncio.timeout(300):
-            await done
+            await asyncio.gather(*done)
     finally:
-        reader.close()
-    seconds = (reader.done_ns - started) / 1e9
+        for reader in readers:
+            reader.close()
+    seconds = (max(r.done_ns for r in readers) - started) / 1e9
     return {
         "events": events,
-        "events_per_s": events / seconds,
+        "clients": clients,
+        "events_per_s": events * clients / seconds,
         "seconds": seconds,
         "server_cpu_s": common.cpu_seconds(server.pid) - cpu0,
     }
+
+
+def _reached(future: asyncio.Future[None], reader: Reader) -> None:
+    future.set_result(None)
 
 
 async def offline(http: aiohttp.ClientSession, server: Server, runs: int) -> dict[str, Any]:
@@ -378,7 +389,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "idle":
             return await idle(http, server, args.streams)
         if args.mode == "replay":
-            return await replay(http, server, args.events, args.size)
+            return await replay(http, server, args.events, args.size, args.clients)
         return await offline(http, server, args.count)
 
 
@@ -396,6 +407,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=100.0)
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--streams", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=1)
     args = parser.parse_args()
     common.raise_nofile()
     print(orjson.dumps(common.run(main_async(args))).decode(), flush=True)

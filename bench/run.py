@@ -60,6 +60,9 @@ class Sizes:
     offline_runs: int
     journal_producers: tuple[int, ...]
     journal_events: int
+    readers: tuple[int, ...]  # storage.readers compared by concurrent replays
+    readers_events: int
+    readers_clients: int
 
 
 FULL: Final = Sizes(
@@ -76,6 +79,9 @@ FULL: Final = Sizes(
     offline_runs=5,
     journal_producers=(1, 10, 100),
     journal_events=20_000,
+    readers=(1, 2, 4),
+    readers_events=20_000,
+    readers_clients=20,
 )
 QUICK: Final = Sizes(
     subscribers=(1, 5),
@@ -89,6 +95,9 @@ QUICK: Final = Sizes(
     offline_runs=1,
     journal_producers=(1, 10),
     journal_events=200,
+    readers=(1, 2),
+    readers_events=200,
+    readers_clients=3,
 )
 
 
@@ -100,13 +109,17 @@ class Running:
 
 
 @contextlib.contextmanager
-def servers(tmp: Path) -> Iterator[dict[str, Running]]:
+def servers(tmp: Path, readers: int | None = None) -> Iterator[dict[str, Running]]:
+    """The three servers; with `readers`, genstream alone with that many reader connections."""
     started: dict[str, Running] = {}
     try:
-        for kind in KINDS:
+        for kind in KINDS if readers is None else ("genstream",):
             command = [sys.executable, "-m", MODULES[kind], "--port", "0"]
             if kind == "genstream":
-                command += ["--db", str(tmp / "genstream.db")]
+                name = "genstream.db" if readers is None else f"readers-{readers}.db"
+                command += ["--db", str(tmp / name)]
+                if readers is not None:
+                    command += ["--readers", str(readers)]
             process = subprocess.Popen(command, stdout=subprocess.PIPE)
             started[kind] = Running(kind, process, f"http://{common.LOOPBACK}:{_port(process)}")
         yield started
@@ -197,6 +210,27 @@ def _brief(figures: dict[str, Any]) -> str:
     )
 
 
+def compare_readers(tmp: Path, sizes: Sizes, log: Any) -> dict[str, Any]:
+    """Replays with 1, 2, 4 reader connections: one client alone, then many at once
+    (storage.readers decides how many reads run side by side)."""
+    rows: dict[str, Any] = {}
+    for readers in sizes.readers:
+        with servers(tmp, readers) as up:
+            gs = up["genstream"]
+            options = ("--events", sizes.readers_events, "--size", sizes.size)
+            one = load(gs, "replay", *options)
+            many = load(gs, "replay", *options, "--clients", sizes.readers_clients)
+        rows[str(readers)] = {"one_client": one, "many_clients": many}
+        log(f"readers {readers}: {rows[str(readers)]}")
+    base = rows[str(sizes.readers[0])]
+    for row in rows.values():
+        row["ratios"] = {
+            part: row[part]["events_per_s"] / base[part]["events_per_s"]
+            for part in ("one_client", "many_clients")
+        }
+    return rows
+
+
 def journal(sizes: Sizes) -> Any:
     command = [sys.executable, "-m", "bench.journal_bench", "--events", str(sizes.journal_events)]
     command += ["--producers", *map(str, sizes.journal_producers)]
@@ -229,6 +263,7 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
         log(f"replay {report['replay']}")
         report["offline_e2e"] = load(gs, "offline", "--count", sizes.offline_runs)
         log(f"offline {report['offline_e2e']}")
+        report["readers"] = compare_readers(Path(tmp), sizes, log)
     report["journal"] = journal(sizes)
     log(f"journal {report['journal']}")
     report["targets"] = targets(report)
@@ -304,6 +339,15 @@ def table(report: dict[str, Any]) -> str:
     replay = report["replay"]
     lines.append(f"replay: {replay['events_per_s']:,.0f} events/s over {replay['events']:,} events")
     lines.append(f"offline end to end: {report['offline_e2e']['median_ms']:.1f} ms (median)")
+    first = next(iter(report["readers"]))
+    for readers, row in report["readers"].items():
+        one, many = row["one_client"], row["many_clients"]
+        lines.append(
+            f"replay, storage.readers={readers}: 1 client {one['events_per_s']:>9,.0f} events/s, "
+            f"{many['clients']} clients {many['events_per_s']:>9,.0f} events/s "
+            f"({_times(row['ratios']['one_client'])} / {_times(row['ratios']['many_clients'])}"
+            f" readers={first})"
+        )
     for j in report["journal"]:
         lines.append(
             f"journal {j['producers']:>3} producers: {j['events_per_s']:>9,.0f} events/s, "

@@ -45,18 +45,18 @@ async def inject(request: web.Request) -> web.Response:
     return web.json_response({"first_ns": first, "last_ns": time.time_ns()})
 
 
-def settings(db: str) -> Settings:
+def settings(db: str, readers: int = Settings().storage.readers) -> Settings:
     return Settings().replace(
         server={"host": common.LOOPBACK, "shutdown_grace_seconds": 2},
-        storage={"path": db},
+        storage={"path": db, "readers": readers},
         stream={"queue_size": QUEUE_SIZE, "max_streams": 20_000, "max_streams_per_project": 20_000},
         offline={"tokens_per_second": 0},
         log={"level": "warning"},
     )
 
 
-async def serve(db: str, port: int) -> None:
-    config = settings(db)
+async def serve(db: str, port: int, readers: int) -> None:
+    config = settings(db, readers)
     app = create_app(config)
     app.router.add_post("/bench/inject", inject)
     server = await start(config, port=port, app=app)
@@ -71,10 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--db", required=True)
+    parser.add_argument("--readers", type=int, default=Settings().storage.readers)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     common.raise_nofile()
-    common.run(serve(args.db, args.port))
+    common.run(serve(args.db, args.port, args.readers))
 
 
 if __name__ == "__main__":
