@@ -35,6 +35,9 @@ POSITIVE: Final = frozenset(
         "generation.max_concurrent",
         "generation.timeout_seconds",
         "generation.max_prompt_chars",
+        "generation.max_output_chars",
+        "generation.max_files",
+        "generation.max_file_bytes",
         "openai.max_tokens",
         "openai.request_timeout_seconds",
     }
@@ -84,6 +87,11 @@ class GenerationSettings:
     timeout_seconds: float = 600.0
     max_prompt_chars: int = 20_000
     max_image_urls: int = 8
+    # What one generation may take from its model (generation.py): the first one crossed
+    # ends it as output_too_large.
+    max_output_chars: int = 1_000_000
+    max_files: int = 1000
+    max_file_bytes: int = 524_288
 
 
 @dataclass(frozen=True)
