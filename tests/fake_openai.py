@@ -8,9 +8,17 @@ asked for `stream_options.include_usage` - a chunk with `choices: []` and `usage
 `data: [DONE]`. Errors are JSON `{"error": {message, type, param, code}}` with the
 status the real API uses.
 
+Real peers word the same stream differently, and a `Flavor` says how: LiteLLM's proxy
+puts the role in the first content chunk, leaves `finish_reason` out of non-final
+chunks, sends its usage chunk with one empty choice and `*_tokens_details`, pings
+(`: ping`) before the first token, and gives error codes as strings (`"429"`); other
+servers send a `retry:` block first, or number their events with `id:` lines (after either,
+the SDK's own SSE decoder yields an empty event, which is not JSON).
+
 Each request takes the next scripted `Reply`. A reply is a status and a list of steps
 the handler runs in order: bytes to write (one write each, so a test decides where
-the TCP writes fall), a gate to wait on, a cut of the connection, or a stall.
+the TCP writes fall), an `Event` to frame in the reply's flavor, a gate to wait on, a
+cut of the connection, or a stall.
 """
 
 from __future__ import annotations
@@ -57,7 +65,33 @@ class Usage:
     completion_tokens: int
 
 
-Step = bytes | Gate | Cut | Stall
+@dataclass(frozen=True)
+class Event:
+    """One SSE event of the stream, framed by the handler in the reply's Flavor."""
+
+    payload: dict[str, Any] | str
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """How a server words a stream; the defaults are OpenAI's own."""
+
+    role_chunk: bool = True  # False: the role rides in the first content chunk
+    finish_reason_key: bool = True  # False: non-final chunks have no finish_reason key
+    usage_choices: bool = False  # True: the usage chunk has one empty choice, not []
+    usage_details: bool = False  # True: usage also has prompt/completion_tokens_details
+    pings: int = 0  # `: ping` comment blocks before the first event
+    retry_ms: int | None = None  # a `retry:` block of its own before the first event
+    ids: bool = False  # each event has an `id: N` line, and a `: ping` block follows it
+
+
+OPENAI: Final = Flavor()
+LITELLM: Final = Flavor(
+    role_chunk=False, finish_reason_key=False, usage_choices=True, usage_details=True, pings=1
+)
+PING: Final = b": ping\n\n"
+
+Step = bytes | Event | Gate | Cut | Stall
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,8 @@ class Reply:
     # For an error status: the JSON body.
     body: dict[str, Any] | None = None
     done: bool = True
+    # How Event steps, the usage chunk and [DONE] are framed.
+    flavor: Flavor = OPENAI
 
 
 @dataclass(frozen=True)
@@ -85,23 +121,73 @@ def event(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+def chunk(
+    delta: dict[str, Any], finish_reason: str | None = None, flavor: Flavor = OPENAI
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    if finish_reason is not None or flavor.finish_reason_key:
+        choice["finish_reason"] = finish_reason
     return {
         "id": CHUNK_ID,
         "object": "chat.completion.chunk",
         "created": CREATED,
         "model": MODEL,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [choice],
     }
 
 
-def text_events(pieces: Iterable[str], *, finish: str | None = "stop") -> list[bytes]:
-    """The events of a normal answer: role, one content delta per piece, finish."""
-    events = [event(chunk({"role": "assistant", "content": ""}))]
-    events += [event(chunk({"content": piece})) for piece in pieces]
+def text_chunks(
+    pieces: Iterable[str], *, finish: str | None = "stop", flavor: Flavor = OPENAI
+) -> list[dict[str, Any]]:
+    """The chunks of a normal answer: role, one content delta per piece, finish."""
+    deltas = [{"content": piece} for piece in pieces]
+    if flavor.role_chunk or not deltas:
+        deltas.insert(0, {"content": ""})
+    deltas[0] = {"role": "assistant", **deltas[0]}
+    chunks = [chunk(delta, flavor=flavor) for delta in deltas]
     if finish is not None:
-        events.append(event(chunk({}, finish)))
-    return events
+        chunks.append(chunk({}, finish, flavor))
+    return chunks
+
+
+def text_events(pieces: Iterable[str], *, finish: str | None = "stop") -> list[bytes]:
+    """The wire bytes of a normal answer in OpenAI's framing, one write per event."""
+    return [event(c) for c in text_chunks(pieces, finish=finish)]
+
+
+def usage_chunk(usage: Usage, flavor: Flavor = OPENAI) -> dict[str, Any]:
+    counts: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+    if flavor.usage_details:
+        counts["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": None}
+        counts["completion_tokens_details"] = {"reasoning_tokens": 0, "audio_tokens": None}
+    choices = [{"index": 0, "delta": {}}] if flavor.usage_choices else []
+    return {**chunk({}), "choices": choices, "usage": counts}
+
+
+class Framer:
+    """Frames one reply's events in its Flavor: the blocks before the first event, ids."""
+
+    def __init__(self, flavor: Flavor) -> None:
+        self.flavor = flavor
+        self.sent = 0
+
+    def frame(self, payload: dict[str, Any] | str) -> list[bytes]:
+        """The writes for one event, each block a write of its own."""
+        writes: list[bytes] = []
+        if not self.sent:
+            if self.flavor.retry_ms is not None:
+                writes.append(f"retry: {self.flavor.retry_ms}\n\n".encode())
+            writes += [PING] * self.flavor.pings
+        self.sent += 1
+        if self.flavor.ids:
+            writes += [f"id: {self.sent}\n".encode() + event(payload), PING]
+        else:
+            writes.append(event(payload))
+        return writes
 
 
 def split(text: str, size: int) -> list[str]:
@@ -121,9 +207,12 @@ def rewrite(data: bytes, sizes: Sequence[int]) -> list[bytes]:
     return writes
 
 
-def answer(text: str, *, piece: int = 4, usage: Usage | None = None) -> Reply:
+def answer(
+    text: str, *, piece: int = 4, usage: Usage | None = None, flavor: Flavor = OPENAI
+) -> Reply:
     """A normal streamed answer of `text` in content deltas of `piece` characters."""
-    return Reply(steps=tuple(text_events(split(text, piece))), usage=usage)
+    chunks = text_chunks(split(text, piece), flavor=flavor)
+    return Reply(steps=tuple(Event(c) for c in chunks), usage=usage, flavor=flavor)
 
 
 def error(
@@ -134,8 +223,20 @@ def error(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return Reply(status=status, headers=headers or {}, body=body)
+    return Reply(status=status, headers=headers or {}, body=error_body(message, kind, code))
+
+
+def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
+    """The API's error object; LiteLLM gives `code` as a string of the HTTP status."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def stream_error(
+    message: str, *, kind: str, code: str | None = None, flavor: Flavor = OPENAI
+) -> Reply:
+    """A 200 stream whose only event is an error object (then [DONE]): a failure the
+    server reports after it has sent its headers, as LiteLLM does for a rate limit."""
+    return Reply(steps=(Event(error_body(message, kind, code)),), flavor=flavor)
 
 
 class FakeOpenAI:
@@ -177,9 +278,12 @@ class FakeOpenAI:
             return web.json_response(reply.body, status=reply.status, headers=reply.headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        framer = Framer(reply.flavor)
         for step in reply.steps:
             if isinstance(step, bytes):
                 await response.write(step)
+            elif isinstance(step, Event):
+                await _write_all(response, framer.frame(step.payload))
             elif isinstance(step, Gate):
                 await step.opened.wait()
             elif isinstance(step, Cut):
@@ -191,13 +295,13 @@ class FakeOpenAI:
                 return response
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage and reply.usage is not None:
-            usage = {
-                "prompt_tokens": reply.usage.prompt_tokens,
-                "completion_tokens": reply.usage.completion_tokens,
-                "total_tokens": reply.usage.prompt_tokens + reply.usage.completion_tokens,
-            }
-            await response.write(event({**chunk({}), "choices": [], "usage": usage}))
+            await _write_all(response, framer.frame(usage_chunk(reply.usage, reply.flavor)))
         if reply.done:
-            await response.write(event("[DONE]"))
+            await _write_all(response, framer.frame("[DONE]"))
         await response.write_eof()
         return response
+
+
+async def _write_all(response: web.StreamResponse, writes: Iterable[bytes]) -> None:
+    for data in writes:
+        await response.write(data)
