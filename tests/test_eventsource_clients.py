@@ -22,12 +22,12 @@ from typing import Any, Final, Protocol
 
 import orjson
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from service import events as ev
+from tests.browser import chromium, requires_chromium
 from tests.process import ServerProcess, server_process
-from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS
 
 TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
@@ -289,28 +289,19 @@ class ChromiumFollower:
 
 @asynccontextmanager
 async def chromium_follower(server: ServerProcess) -> AsyncIterator[Follower]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            # Genstream's own page, loaded before any project exists: it opens no stream
-            # of its own, and the EventSource below is same-origin.
-            await page.goto(server.url + "/")
-            await page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT * 1000)
-            yield ChromiumFollower(page)
-            assert errors == []
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        # Genstream's own page, loaded before any project exists: it opens no stream of
+        # its own, and the EventSource below is same-origin.
+        await page.goto(server.url + "/")
+        await page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT * 1000)
+        yield ChromiumFollower(page)
+        assert errors == []
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"{CHROMIUM} is missing: `make test` installs Debian's chromium package",
-)
+@requires_chromium
 async def test_chromium_eventsource_dropped_before_its_first_event_loses_nothing(
     tmp_path: Path,
 ) -> None:

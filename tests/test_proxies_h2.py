@@ -1,7 +1,7 @@
 """The browser's six connections per host: over HTTP/1.1 a page with six open streams
 cannot make a seventh request; through each proxy's HTTPS recipe (HTTP/2, every stream on
 one connection) seven EventSources and a fetch all run at once. Debian's Chromium through
-Playwright, as tests/test_web_page.py drives it, against real proxies on loopback ports."""
+Playwright (tests/browser.py), against real proxies on loopback ports."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from service import events as ev
+from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
 from tests.proxies import BINARIES, OPENSSL, Kind, make_certificate, run_proxy
-from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS
 
 WAIT_MS: Final = 20_000
 # Chromium's limit of connections per host over HTTP/1.1 (net::ClientSocketPoolManager).
@@ -26,7 +26,7 @@ STREAMS: Final = CONNECTIONS_PER_HOST + 1
 STALL_MS: Final = 1_500
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make test)"),
+    requires_chromium,
     pytest.mark.skipif(OPENSSL is None, reason="openssl is missing (make test)"),
 ]
 
@@ -68,14 +68,8 @@ STREAM_ENTRIES_JS: Final = """() => performance.getEntriesByType("resource")
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        yield browser
 
 
 async def open_page(browser: Browser, url: str) -> Page:

@@ -13,32 +13,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from playwright.async_api import (
-    Browser,
-    BrowserContext,
-    Page,
-    Route,
-    async_playwright,
-    expect,
-)
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from service.broker import Closed
+from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
 from tests.nginx import NGINX, access_log, answered, nginx
 
-CHROMIUM: Final = Path("/usr/bin/chromium")
-# What a headless Chromium needs in a container, and nothing that phones home.
-CHROMIUM_ARGS: Final = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS: Final = Path(__file__).resolve().parent.parent / "test-artifacts"
 WAIT_MS: Final = 20_000
 # Slow enough to act in the middle of a generation (a few seconds for the offline project).
@@ -46,10 +28,7 @@ SLOW: Final = {"tokens_per_second": 200}
 # A page whose stream failed opens a new one within this (its longest backoff, and more).
 RECOVERY_MS: Final = 12_000
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"{CHROMIUM} is missing: `make test` installs Debian's chromium package",
-)
+pytestmark = requires_chromium
 
 # What the page shows, in the shapes the API uses, so it compares with the database.
 SNAPSHOT_JS: Final = """() => ({
@@ -78,14 +57,8 @@ PageFactory = Callable[..., Awaitable[Page]]
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     expect.set_options(timeout=WAIT_MS)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
