@@ -116,6 +116,55 @@ class Setup:
     def h2_recipe(self, kind: Kind, changes: Mapping[str, str]) -> str:
         return substitute(recipe(RECIPES[kind][1]), changes)
 
+    def h2_site(self, kind: Kind, plain: str) -> str:
+        """The HTTPS recipe of nginx or Caddy, which includes the plain one from a file:
+        `plain` written to that file, and the test's address and certificate in place."""
+        assert self.certificate is not None
+        places = _H2_PLACES[kind]
+        included = self.directory / RECIPES[kind][0]
+        included.write_text(plain)
+        return self.h2_recipe(
+            kind,
+            {
+                places.listen: places.listen_as.format(address=f"{LOOPBACK}:{self.port}"),
+                places.cert: str(self.certificate.cert),
+                places.key: str(self.certificate.key),
+                places.include: str(included),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class _H2Places:
+    """What an HTTPS recipe names that a test puts in its own place: the line that says
+    where the site listens and what it becomes (a format string of `address`), the
+    certificate and key, and the plain recipe it includes."""
+
+    listen: str
+    listen_as: str
+    cert: str
+    key: str
+    include: str
+
+
+# HAProxy's HTTPS recipe includes nothing: its bind line is the one change (_haproxy).
+_H2_PLACES: Final = {
+    Kind.NGINX: _H2Places(
+        "listen 443 ",
+        "listen {address} ",
+        "/etc/nginx/certs/example.com.pem",
+        "/etc/nginx/certs/example.com.key",
+        "/etc/nginx/snippets/nginx-streams.conf",
+    ),
+    Kind.CADDY: _H2Places(
+        "example.com {",
+        "https://{address} {{",  # a format string: {{ is the brace
+        "/etc/caddy/certs/example.com.pem",
+        "/etc/caddy/certs/example.com.key",
+        "/etc/caddy/caddy-streams.caddy",
+    ),
+}
+
 
 # The recipe lines that bound a quiet stream, and what a test makes of them.
 _IDLE_TIMEOUTS: Final[dict[Kind, Callable[[str], dict[str, str]]]] = {
@@ -133,17 +182,7 @@ def _nginx(setup: Setup) -> tuple[list[str], str]:
     if setup.certificate is None:
         server = f"server {{\n    listen {LOOPBACK}:{setup.port};\n{location}\n}}"
     else:
-        snippet = setup.directory / "nginx-streams.conf"
-        snippet.write_text(location)
-        server = setup.h2_recipe(
-            Kind.NGINX,
-            {
-                "listen 443 ": f"listen {LOOPBACK}:{setup.port} ",
-                "/etc/nginx/certs/example.com.pem": str(setup.certificate.cert),
-                "/etc/nginx/certs/example.com.key": str(setup.certificate.key),
-                "/etc/nginx/snippets/nginx-streams.conf": str(snippet),
-            },
-        )
+        server = setup.h2_site(Kind.NGINX, location)
     config = f"""
 daemon off;
 master_process off;  # one process, as the user running the test
@@ -176,17 +215,7 @@ def _caddy(setup: Setup) -> tuple[list[str], str]:
         site = f"http://{LOOPBACK}:{setup.port} {{\n{handle}\n}}"
     else:
         options.append("auto_https disable_redirects")
-        snippet = setup.directory / "caddy-streams.caddy"
-        snippet.write_text(handle)
-        site = setup.h2_recipe(
-            Kind.CADDY,
-            {
-                "example.com {": f"https://{LOOPBACK}:{setup.port} {{",
-                "/etc/caddy/certs/example.com.pem": str(setup.certificate.cert),
-                "/etc/caddy/certs/example.com.key": str(setup.certificate.key),
-                "/etc/caddy/caddy-streams.caddy": str(snippet),
-            },
-        )
+        site = setup.h2_site(Kind.CADDY, handle)
     config = "{\n" + "".join(f"\t{option}\n" for option in options) + "}\n" + site + "\n"
     path = setup.directory / "Caddyfile"
     path.write_text(config)
