@@ -4,6 +4,10 @@ genstream server, with the recipe from deploy/ that the README documents.
 A recipe proxies to 127.0.0.1:8080 and listens on the ports a site uses; a test puts its
 own ports, files and (short) timeouts in their place with `substitute`, which fails when
 the text it replaces is no longer in the recipe: the documented text is the tested text.
+
+Each proxy is one process as the user running the test, everything it writes in its own
+folder: its config, its log, and for nginx its temp folders and an access log of
+`status method uri` lines (`RunningProxy.answered`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ RECIPE_UPSTREAM: Final = "127.0.0.1:8080"
 START_TIMEOUT: Final = 10.0
 STOP_TIMEOUT: Final = 5.0
 POLL_SECONDS: Final = 0.02
+NGINX_ACCESS_LOG: Final = "access.log"
 
 
 def _system_binary(name: str) -> str | None:
@@ -52,6 +57,16 @@ RECIPES: Final = {
     Kind.CADDY: ("caddy-streams.caddy", "caddy-streams-h2.caddy"),
     Kind.HAPROXY: ("haproxy-streams.cfg", "haproxy-streams-h2.cfg"),
 }
+
+
+# The built-in page at `/` through the same nginx (the documented block covers /api/).
+NGINX_PAGE_LOCATION: Final = """
+location / {{
+    proxy_pass http://{upstream};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+}}
+"""
 
 
 def recipe(name: str) -> str:
@@ -96,8 +111,9 @@ def make_certificate(directory: Path) -> Certificate:
 @dataclass(frozen=True)
 class Setup:
     """What a test asks of a proxy: its upstream, an idle timeout shorter than the
-    recipe's (a proxy syntax duration: "1s"), a certificate for the HTTPS recipe, and
-    other changes to the plain recipe (to measure it without one of its lines)."""
+    recipe's (a proxy syntax duration: "1s"), a certificate for the HTTPS recipe, other
+    changes to the plain recipe (to measure it without one of its lines), and (nginx
+    only) `page`: also proxy `/`, the web page, not only the documented `/api/`."""
 
     directory: Path
     port: int
@@ -105,6 +121,7 @@ class Setup:
     idle_timeout: str | None = None
     certificate: Certificate | None = None
     changes: Mapping[str, str] = field(default_factory=dict)
+    page: bool = False
 
     def plain_recipe(self, kind: Kind) -> str:
         text = recipe(RECIPES[kind][0]).replace(RECIPE_UPSTREAM, f"{LOOPBACK}:{self.upstream}")
@@ -179,6 +196,8 @@ def _nginx(setup: Setup) -> tuple[list[str], str]:
     for path in temp.values():
         path.mkdir()
     location = setup.plain_recipe(Kind.NGINX)
+    if setup.page:
+        location += NGINX_PAGE_LOCATION.format(upstream=f"{LOOPBACK}:{setup.upstream}")
     if setup.certificate is None:
         server = f"server {{\n    listen {LOOPBACK}:{setup.port};\n{location}\n}}"
     else:
@@ -190,7 +209,8 @@ pid {setup.directory}/nginx.pid;
 error_log stderr info;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    log_format requests '$status $request_method $request_uri';
+    access_log {setup.directory / NGINX_ACCESS_LOG} requests;
     client_body_temp_path {temp["body"]};
     proxy_temp_path {temp["proxy"]};
     fastcgi_temp_path {temp["fastcgi"]};
@@ -272,6 +292,31 @@ class RunningProxy:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def access_log(self) -> list[tuple[int, str, str]]:
+        """What nginx answered so far: (status, method, uri), one per finished request."""
+        assert self.kind is Kind.NGINX, f"only nginx is run with an access log, not {self.kind}"
+        path = self.directory / NGINX_ACCESS_LOG
+        if not path.exists():
+            return []
+        entries = []
+        for line in path.read_text().splitlines():
+            status, method, uri = line.split(" ", 2)
+            entries.append((int(status), method, uri))
+        return entries
+
+    async def answered(
+        self, status: int, uri_prefix: str, count: int, timeout: float
+    ) -> list[tuple[int, str, str]]:
+        """Wait until nginx has answered `count` requests under `uri_prefix` with `status`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [
+                    e for e in self.access_log() if e[0] == status and e[2].startswith(uri_prefix)
+                ]
+                if len(found) >= count:
+                    return found
+                await asyncio.sleep(POLL_SECONDS)
+
 
 @asynccontextmanager
 async def run_proxy(
@@ -282,12 +327,14 @@ async def run_proxy(
     idle_timeout: str | None = None,
     certificate: Certificate | None = None,
     changes: Mapping[str, str] | None = None,
+    page: bool = False,
 ) -> AsyncIterator[RunningProxy]:
     """Run `kind` in the foreground with its config in `directory` (made here), in front
-    of genstream on port `upstream`, until the block ends."""
+    of genstream on port `upstream`, until the block ends. The options: `Setup`."""
     binary = BINARIES[kind]
     assert binary is not None, f"{kind} is not installed (make test installs it)"
-    setup = Setup(directory, free_port(), upstream, idle_timeout, certificate, changes or {})
+    assert not page or kind is Kind.NGINX, f"only nginx is run with the page at /, not {kind}"
+    setup = Setup(directory, free_port(), upstream, idle_timeout, certificate, changes or {}, page)
     arguments, config = _configure(kind, setup)
     # Caddy keeps its data and config under these: in the test's folder, not the user's.
     env = dict(

@@ -19,7 +19,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from service.broker import Closed
 from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
-from tests.nginx import NGINX, access_log, answered, nginx
+from tests.proxies import BINARIES, Kind, run_proxy
 
 ARTIFACTS: Final = Path(__file__).resolve().parent.parent / "test-artifacts"
 WAIT_MS: Final = 20_000
@@ -364,7 +364,7 @@ async def test_stream_drop_reconnects_then_falls_back_to_polling(
     assert polled is not None and "poll" in polled
 
 
-@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test does)")
+@pytest.mark.skipif(BINARIES[Kind.NGINX] is None, reason="nginx is not installed (make test does)")
 async def test_page_behind_nginx_reopens_its_stream_after_the_502s_of_a_restart(
     tmp_path: Path, make_server: MakeServer, new_page: PageFactory
 ) -> None:
@@ -374,15 +374,15 @@ async def test_page_behind_nginx_reopens_its_stream_after_the_502s_of_a_restart(
     port = first.server.port
     project_id = await first.new_project("restart")
     stream = f"/api/projects/{project_id}/stream"
-    async with nginx(tmp_path, port, page=True) as proxied:
-        page = await new_page(f"{proxied}/?project={project_id}&debug=true")
+    async with run_proxy(Kind.NGINX, tmp_path / "nginx", port, page=True) as nginx:
+        page = await new_page(f"{nginx.url}/?project={project_id}&debug=true")
         await expect(page.locator("#connection")).to_have_text("Live")
 
         await first.server.stop()
         # The stream's reconnects reach nginx, which cannot reach genstream: 502, which
         # closes an EventSource for good. Two of them (with the goodbye, three failures in
         # a row: the page used to poll from there and try the stream once a minute).
-        await answered(tmp_path, 502, stream, count=2, timeout=WAIT_MS / 1000)
+        await nginx.answered(502, stream, count=2, timeout=WAIT_MS / 1000)
         assert await page.locator("#connection").text_content() != "Live"
 
         second = await make_server(port=port, stream=fast_retry)
@@ -403,7 +403,7 @@ async def test_page_behind_nginx_reopens_its_stream_after_the_502s_of_a_restart(
         assert shown == [{"id": e["id"], "via": "stream"} for e in stored][-len(shown) :]
         # nginx's log: the first stream, ended by the shutdown, then only 502s (the open
         # stream is logged when it ends).
-        statuses = [status for status, _, uri in access_log(tmp_path) if uri.startswith(stream)]
+        statuses = [status for status, _, uri in nginx.access_log() if uri.startswith(stream)]
         assert statuses[0] == 200 and set(statuses[1:]) == {502}, statuses
 
 
