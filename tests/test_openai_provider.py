@@ -7,7 +7,7 @@ import hashlib
 import re
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,13 @@ from service.providers.openai_provider import OpenAIProvider
 from service.storage import FileRecord
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
+    LITELLM,
     MODEL,
+    OPENAI,
     Cut,
     FakeOpenAI,
+    Flavor,
+    Framer,
     Gate,
     Reply,
     Stall,
@@ -37,7 +41,10 @@ from tests.fake_openai import (
     event,
     rewrite,
     split,
+    stream_error,
+    text_chunks,
     text_events,
+    usage_chunk,
 )
 from tests.sse_reader import SSEReader
 
@@ -288,6 +295,12 @@ async def test_image_urls_go_to_the_model_as_image_content_parts(
 # --- failures -------------------------------------------------------------------------
 
 
+RATE_LIMITED = (
+    "litellm.RateLimitError: Deployment has all max_parallel_requests slots in use. "
+    "Received Model Group=fake-model"
+)
+
+
 def stream_then(*steps: Any, text: str = "", finish: str | None = None, **reply: Any) -> Reply:
     return Reply(steps=(*text_events(split(text, 4), finish=finish), *steps), **reply)
 
@@ -342,9 +355,58 @@ FAILURES = [
         "bad_response", False, 1, "", id="chunk-of-the-wrong-shape",
     ),
     pytest.param(
+        [stream_then(b"data:\n\n", text="Some text ")],
+        "bad_response", False, 1, "Some text ", id="an-empty-data-line-is-an-event-not-json",
+    ),
+    pytest.param(
         [stream_then(event({"error": {"message": "overloaded", "type": "server_error"}}))]
         * TRIES,
         "provider_error", True, TRIES, "", id="error-object-in-the-stream",
+    ),
+    # LiteLLM's proxy reports a rate limit after its 200 and a ping, code as a string
+    # and no Retry-After; the code says what happened, as an HTTP status would.
+    pytest.param(
+        [stream_error(RATE_LIMITED, kind="throttling_error", code="429", flavor=LITELLM)]
+        * TRIES,
+        "rate_limited", True, TRIES, "", id="litellm-rate-limit-inside-a-200-stream",
+    ),
+    pytest.param(
+        [stream_error("Rate limit reached", kind="requests", code="rate_limit_exceeded")]
+        * TRIES,
+        "rate_limited", True, TRIES, "", id="openai-rate-limit-code-inside-a-stream",
+    ),
+    pytest.param(
+        [stream_error(f"invalid key {KEY}", kind="auth_error", code="401", flavor=LITELLM)],
+        "auth_failed", False, 1, "", id="401-code-inside-a-stream-not-retried",
+    ),
+    pytest.param(
+        [stream_error("no such model", kind="None", code="404", flavor=LITELLM)],
+        "model_not_found", False, 1, "", id="404-code-inside-a-stream",
+    ),
+    pytest.param(
+        [stream_error("context too long", kind="invalid_request_error", code="400")],
+        "bad_request", False, 1, "", id="400-code-inside-a-stream-not-retried",
+    ),
+    pytest.param(
+        [stream_error("upstream failed", kind="None", code="500", flavor=LITELLM)] * TRIES,
+        "provider_error", True, TRIES, "", id="500-code-inside-a-stream-retried",
+    ),
+    pytest.param(
+        [stream_then(event({"error": {"message": "teapot", "code": "418"}}), text="Hi, ")],
+        "bad_request", False, 1, "Hi, ", id="error-code-after-text-not-retried",
+    ),
+    # An HTTP error whose body gives the code as a string: the status decides.
+    pytest.param(
+        [error(429, RATE_LIMITED, kind="throttling_error", code="429")] * TRIES,
+        "rate_limited", True, TRIES, "", id="litellm-429-body-code-as-a-string",
+    ),
+    pytest.param(
+        [error(401, f"Authentication Error, {KEY}", kind="auth_error", code="401")],
+        "auth_failed", False, 1, "", id="litellm-401-body-code-as-a-string",
+    ),
+    pytest.param(
+        [error(400, "bad param", kind="invalid_request_error", code="429")],
+        "bad_request", False, 1, "", id="the-status-wins-over-the-body-code",
     ),
 ]  # fmt: skip
 
@@ -377,6 +439,7 @@ async def test_failure_ends_the_generation_with_its_code_and_keeps_the_streamed_
     assert outcome.chat == streamed
     assert outcome.assistant["content"] == streamed.strip()
     assert len(fake.requests) == requests
+    assert await streamed_events(gs, outcome.generation["id"]) == outcome.events
 
 
 async def test_retryable_errors_before_the_first_token_are_retried_then_it_completes(
@@ -493,6 +556,105 @@ async def test_file_events_reach_the_client_while_the_model_is_still_writing(
     assert await stored_files(gs, project_id) == {"app.py": "x = 1\ny = 2\n"}
 
 
+# --- what real peers send ------------------------------------------------------------
+
+PEERS = [
+    pytest.param(OPENAI, id="openai"),
+    pytest.param(LITELLM, id="litellm-role-in-content-no-finish-key-usage-choice-ping"),
+    pytest.param(Flavor(retry_ms=3000), id="a-retry-block-before-the-data"),
+    pytest.param(Flavor(ids=True), id="id-lines-then-ping-comments"),
+    pytest.param(replace(LITELLM, retry_ms=3000, ids=True), id="all-of-them-at-once"),
+]
+
+
+@pytest.mark.parametrize("flavor", PEERS)
+async def test_a_stream_in_each_peers_wording_completes(
+    make_server: MakeServer, fake: FakeOpenAI, flavor: Flavor
+) -> None:
+    fake.script(answer(ANSWER, piece=5, usage=Usage(120, 45), flavor=flavor))
+    gs = await openai_server(make_server, fake)
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id, "a tiny service")
+    generation_id = submitted["generation"]["id"]
+    streamed = await streamed_events(gs, generation_id)
+
+    assert streamed[-1]["type"] == ev.GENERATION_COMPLETED, streamed[-1].get("message")
+    stored = [e for e in await gs.events(project_id) if e["generation_id"] == generation_id]
+    assert streamed == stored
+    chat = "".join(e["delta"] for e in streamed if e["type"] == ev.MESSAGE_DELTA)
+    assert chat.strip() == ANSWER_TEXT
+    assert await stored_files(gs, project_id) == ANSWER_FILES
+    assert streamed[-1]["usage"] == {
+        "prompt_tokens": 120,
+        "completion_tokens": 45,
+        "total_tokens": 165,
+    }
+    assert len(fake.requests) == 1
+
+
+async def test_blocks_without_data_are_not_events(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    # WHATWG HTML 9.2.6: a block without a data line dispatches nothing, whatever else
+    # it holds; the id is remembered, so every later blank line must not dispatch either.
+    blocks = (b"event: ping\n\n", b"id: 7\n\n", b"retry: 10\n\n", b"\n", b": hi\n\n")
+    steps = [step for e in text_events(split(ANSWER, 6)) for step in (e, *blocks)]
+    fake.script(Reply(steps=tuple(steps), usage=Usage(1, 2)))
+    gs = await openai_server(make_server, fake)
+    outcome = await run(gs)
+    assert outcome.generation["status"] == "completed", outcome.generation["error"]
+    assert outcome.chat.strip() == ANSWER_TEXT
+    assert await stored_files(gs, outcome.project_id) == ANSWER_FILES
+
+
+async def test_a_rate_limit_inside_a_litellm_stream_is_retried_then_it_completes(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    fake.script(
+        stream_error(RATE_LIMITED, kind="throttling_error", code="429", flavor=LITELLM),
+        answer(ANSWER, usage=Usage(10, 20), flavor=LITELLM),
+    )
+    gs = await openai_server(make_server, fake)
+    outcome = await run(gs)
+    assert outcome.generation["status"] == "completed", outcome.generation["error"]
+    assert len(fake.requests) == 2
+    assert outcome.chat.strip() == ANSWER_TEXT
+
+
+def test_the_fake_frames_each_peers_shapes() -> None:
+    framer = Framer(Flavor(retry_ms=3000, pings=2, ids=True))
+    assert framer.frame("[DONE]") == [
+        b"retry: 3000\n\n",
+        b": ping\n\n",
+        b": ping\n\n",
+        b"id: 1\ndata: [DONE]\n\n",
+        b": ping\n\n",
+    ]
+    assert framer.frame({"a": 1}) == [b'id: 2\ndata: {"a": 1}\n\n', b": ping\n\n"]
+    assert Framer(OPENAI).frame({"a": 1}) == [b'data: {"a": 1}\n\n']
+
+    role, content, final = (c["choices"] for c in text_chunks(["Hi"]))
+    assert role == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    ]
+    assert content == [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]
+    assert final == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    first, last = (c["choices"] for c in text_chunks(["Hi"], flavor=LITELLM))
+    assert first == [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]
+    assert last == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+
+    assert usage_chunk(Usage(1, 2))["choices"] == []
+    litellm = usage_chunk(Usage(1, 2), LITELLM)
+    assert litellm["choices"] == [{"index": 0, "delta": {}}]
+    assert set(litellm["usage"]) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    }
+
+
 # --- untrusted output -----------------------------------------------------------------
 
 HOSTILE_PATHS = ["../evil.py", "/etc/passwd", "a\\b.txt", "C:evil.txt", "src/\x00x.py", "CON.txt"]
@@ -525,18 +687,13 @@ HOSTILE_TEXT = (
 FIELD = re.compile(rb"(id|event|data|retry): |:")
 
 
-async def test_hostile_text_never_breaks_the_sse_framing(
-    make_server: MakeServer, fake: FakeOpenAI
-) -> None:
-    text = HOSTILE_TEXT + f'<file path="evil.txt">\n{HOSTILE_TEXT}</file>\n' + HOSTILE_TEXT
-    fake.script(answer(text, piece=3))
-    gs = await openai_server(make_server, fake)
-    project_id = await gs.new_project()
-    submitted = await gs.generate(project_id, "hostile")
-    url = f"{gs.url}/api/generations/{submitted['generation']['id']}/stream"
+async def streamed_events(gs: Genstream, generation_id: str) -> list[dict[str, Any]]:
+    """The generation's events as its SSE stream carries them, read as raw bytes and
+    checked line by line: only known fields, `id`, `event`, then `data` lines whose JSON
+    repeats the id and the type."""
+    url = f"{gs.url}/api/generations/{generation_id}/stream"
     async with gs.http.get(url) as response:
         raw = await response.read()
-
     # WHATWG HTML 9.2.6: CR is a line break too, and NUL has no place on the wire.
     assert b"\r" not in raw and b"\x00" not in raw
     assert raw.endswith(b"\n\n")
@@ -553,6 +710,18 @@ async def test_hostile_text_never_breaks_the_sse_framing(
         assert data["id"] == int(lines[0][len(b"id: ") :])
         assert data["type"] == lines[1][len(b"event: ") :].decode()
         streamed.append(data)
+    return streamed
+
+
+async def test_hostile_text_never_breaks_the_sse_framing(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    text = HOSTILE_TEXT + f'<file path="evil.txt">\n{HOSTILE_TEXT}</file>\n' + HOSTILE_TEXT
+    fake.script(answer(text, piece=3))
+    gs = await openai_server(make_server, fake)
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id, "hostile")
+    streamed = await streamed_events(gs, submitted["generation"]["id"])
 
     stored = [e for e in await gs.events(project_id) if e["id"] >= streamed[0]["id"]]
     assert streamed == stored
@@ -603,7 +772,7 @@ def test_files_are_ranked_manifest_then_entry_points_then_the_rest() -> None:
 
 def test_files_over_the_budget_are_named_not_cut() -> None:
     files = [_file("pyproject.toml", 50), _file("big.py", 500), _file("small.py", 10)]
-    context = select_files(files, budget=100)
+    context = select_files(files, budget=400)  # the listing's own text included
     assert [f.path for f in context.shown] == ["pyproject.toml", "small.py"]
     assert context.named == ("big.py",)
 
@@ -611,7 +780,8 @@ def test_files_over_the_budget_are_named_not_cut() -> None:
 def test_history_keeps_the_latest_turns_within_its_share_of_the_budget() -> None:
     history = (("user", "a" * 30), ("assistant", "b" * 30), ("user", "c" * 10), ("system", "x"))
     request = ModelRequest(prompt="now", history=history)
-    messages = build_messages(request, context_chars=200)  # history gets 50
+    # 200 besides the system prompt and the request, of which history gets 50.
+    messages = build_messages(request, context_chars=len(SYSTEM_PROMPT) + len("now") + 200)
     assert messages[1:] == [
         {"role": "assistant", "content": "b" * 30},
         {"role": "user", "content": "c" * 10},

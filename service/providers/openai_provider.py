@@ -13,6 +13,10 @@ would repeat it.
 
 Every failure leaves as a ProviderError with a code, a message for people, and
 whether submitting again may help.
+
+The stream is decoded as WHATWG says, not as the SDK's decoder does (`_SSEDecoder`),
+and an error object inside a 200 stream is mapped by its `code` like an HTTP status
+(LiteLLM's proxy reports a rate limit that way).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 import openai
+from openai._streaming import ServerSentEvent, SSEDecoder
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from service.config import OpenAISettings
@@ -43,6 +48,39 @@ MAX_BACKOFF_SECONDS: Final = 30.0
 JITTER: Final = 0.25
 # A server's error message shown to people is cut to this length.
 MAX_DETAIL: Final = 300
+# An error object inside a stream that names a rate limit without an HTTP status as its
+# code: OpenAI's own code (platform.openai.com/docs/guides/error-codes), and the types
+# LiteLLM and Anthropic-style servers give.
+RATE_LIMIT_CODES: Final = frozenset({"rate_limit_exceeded"})
+RATE_LIMIT_TYPES: Final = frozenset({"throttling_error", "rate_limit_error"})
+TOO_MANY_REQUESTS: Final = 429
+
+
+class _SSEDecoder(SSEDecoder):
+    """The SDK's SSE decoder, dispatching only the events WHATWG dispatches.
+
+    WHATWG HTML 9.2.6, "dispatch the event": if the data buffer is empty, reset the
+    event type and return. The SDK's decoder also dispatches when it has seen an `id:`
+    or `retry:` field, and as it rightly keeps the last event id across events, every
+    blank line after the first `id:` then dispatches; its stream parses that empty data
+    as JSON and fails. So a `retry: 3000` block before the data, or `: ping` comments
+    after `id:` lines, failed a good answer as bad_response (openai/openai-python#2722,
+    #3833). A `data:` line with nothing after it is still an event, and still not JSON.
+    """
+
+    def decode(self, line: str) -> ServerSentEvent | None:
+        if not line and not self._data:
+            self._event = None
+            return None
+        return super().decode(line)
+
+
+class _AsyncOpenAI(openai.AsyncOpenAI):
+    # `_make_sse_decoder` is where the SDK lets a client choose its stream decoder
+    # (the Protocol SSEBytesDecoder); the peer-shape tests in tests/test_openai_provider.py
+    # fail if a new SDK stops calling it.
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return _SSEDecoder()
 
 
 @dataclass
@@ -95,7 +133,7 @@ class OpenAIProvider:
         # The read timeout bounds the silence between two chunks, not the whole answer:
         # a long generation that keeps streaming is never cut by it.
         timeout = self.settings.request_timeout_seconds
-        return openai.AsyncOpenAI(
+        return _AsyncOpenAI(
             api_key=self._api_key,
             base_url=self.settings.base_url or None,
             timeout=timeout,
@@ -207,26 +245,43 @@ def _provider_error(exc: openai.APIError, *, opened: bool) -> ProviderError:
             "connection_failed", "could not connect to the model server", retryable=True
         )
     if isinstance(exc, openai.APIStatusError):
-        return _status_error(exc)
-    # An error object inside a 200 stream (the server failed mid-answer).
-    return ProviderError(
-        "provider_error", f"the model server failed: {_detail(exc)}", retryable=True
-    )
+        status = exc.status_code
+        retry_after = _retry_after(exc.response.headers)
+        return _status_error(status, f"HTTP {status}", _detail(exc), retry_after)
+    # An error object inside a 200 stream: the server failed after its headers, so only
+    # the object's code can say how. LiteLLM's proxy gives the status it would have
+    # answered, as a string ("429" for a rate limit, with no Retry-After).
+    stands_for = _stream_error_status(exc)
+    if stands_for is None:
+        return ProviderError(
+            "provider_error", f"the model server failed: {_detail(exc)}", retryable=True
+        )
+    return _status_error(stands_for, f"error code {exc.code} in the stream", _detail(exc), None)
 
 
-def _status_error(exc: openai.APIStatusError) -> ProviderError:
-    status = exc.status_code
-    detail = _detail(exc)
+def _stream_error_status(exc: openai.APIError) -> int | None:
+    """The HTTP status an error object inside a stream stands for, if it says one."""
+    code = exc.code  # the SDK's str() of the object's code, whatever its JSON type
+    if code is not None and len(code) == 3 and code.isascii() and code.isdigit():
+        status = int(code)
+        return status if 400 <= status <= 599 else None
+    kind: object = exc.type
+    if code in RATE_LIMIT_CODES or (isinstance(kind, str) and kind in RATE_LIMIT_TYPES):
+        return TOO_MANY_REQUESTS
+    return None
+
+
+def _status_error(status: int, where: str, detail: str, retry_after: float | None) -> ProviderError:
+    """The failure an HTTP status stands for; `where` says where the status came from."""
     if status in (401, 403):
         # The server's text may echo part of the key: say what to check instead.
         return ProviderError(
             "auth_failed",
-            f"the model server refused the API key (HTTP {status}); check OPENAI_API_KEY",
+            f"the model server refused the API key ({where}); check OPENAI_API_KEY",
             retryable=False,
         )
-    if status == 429:
+    if status == TOO_MANY_REQUESTS:
         details = {}
-        retry_after = _retry_after(exc.response.headers)
         if retry_after is not None:
             details["retry_after"] = f"{retry_after:.3f}"
         return ProviderError(
@@ -242,10 +297,10 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
     # 408 and 409 are the API's own "try again" answers (the SDK retries them too).
     if status >= 500 or status in (408, 409):
         return ProviderError(
-            "provider_error", f"the model server failed (HTTP {status}): {detail}", retryable=True
+            "provider_error", f"the model server failed ({where}): {detail}", retryable=True
         )
     return ProviderError(
-        "bad_request", f"the model server refused the request (HTTP {status}): {detail}", False
+        "bad_request", f"the model server refused the request ({where}): {detail}", False
     )
 
 
