@@ -22,6 +22,13 @@ from service.paths import MAX_PATH_LENGTH, MAX_SEGMENT_LENGTH, UnsafePath, check
         pytest.param("a..b/c", "a..b/c", id="dots-inside-a-name"),
         pytest.param("console.py", "console.py", id="reserved-name-as-prefix-only"),
         pytest.param("a" * MAX_SEGMENT_LENGTH, "a" * MAX_SEGMENT_LENGTH, id="longest-segment"),
+        pytest.param(".gitignore", ".gitignore", id="gitignore"),
+        pytest.param("a/.gitattributes", "a/.gitattributes", id="gitattributes"),
+        pytest.param("git/x.py", "git/x.py", id="git-without-dot"),
+        pytest.param("repo.git/x", "repo.git/x", id="dot-git-suffix"),
+        pytest.param("smile\U0001f600.txt", "smile\U0001f600.txt", id="astral-character"),
+        pytest.param("שלום/مرحبا.txt", "שלום/مرحبا.txt", id="right-to-left-letters"),
+        pytest.param("日本語.md", "日本語.md", id="cjk"),
     ],
 )
 def test_check_path_accepts(raw: str, expected: str) -> None:
@@ -56,6 +63,33 @@ def test_check_path_accepts(raw: str, expected: str) -> None:
         pytest.param("lpt9.log", "reserved", id="reserved-lpt9"),
         pytest.param("a" * (MAX_SEGMENT_LENGTH + 1), "segment longer", id="segment-too-long"),
         pytest.param("a/" * 127 + "ab", "path longer", id="path-too-long"),
+        # git runs what .git holds: `.git/hooks/pre-commit` written by `--out .` into a
+        # repository runs at the next commit. NTFS drops trailing dots and spaces and
+        # answers to the 8.3 name GIT~1 (git's own verify_path, CVE-2014-9390).
+        pytest.param(".git/hooks/pre-commit", "names the .git directory", id="dot-git"),
+        pytest.param("src/.git/config", "names the .git directory", id="dot-git-nested"),
+        pytest.param(".GIT/config", "names the .git directory", id="dot-git-upper"),
+        pytest.param(".Git", "names the .git directory", id="dot-git-as-file"),
+        pytest.param(".git./hooks/x", "names the .git directory", id="dot-git-trailing-dot"),
+        pytest.param("git~1/hooks/x", "names the .git directory", id="dot-git-short-name"),
+        # Trojan Source (CVE-2021-42574): U+202E shows `txt.exe` as `exe.txt`.
+        pytest.param("evil\u202etxt.exe", "bidirectional control U+202E", id="bidi-rlo"),
+        pytest.param("a\u202ab", "bidirectional control U+202A", id="bidi-lre"),
+        pytest.param("a\u2066b", "bidirectional control U+2066", id="bidi-lri"),
+        pytest.param("a\u2069b", "bidirectional control U+2069", id="bidi-pdi"),
+        pytest.param("a\u200eb", "bidirectional control U+200E", id="bidi-lrm"),
+        pytest.param("a\u200fb", "bidirectional control U+200F", id="bidi-rlm"),
+        pytest.param("a\u061cb", "bidirectional control U+061C", id="bidi-alm"),
+        pytest.param("a\u200bb.py", "U+200B", id="zero-width-space"),
+        pytest.param("a\u200db.py", "U+200D", id="zero-width-joiner"),
+        pytest.param("\ufeffa.py", "U+FEFF", id="byte-order-mark"),
+        pytest.param("a\u00adb.py", "U+00AD", id="soft-hyphen"),
+        pytest.param(".g\u200cit/config", "U+200C", id="dot-git-with-zero-width"),
+        pytest.param("a\u2028b", "U+2028", id="line-separator"),
+        pytest.param("a\u2029b", "U+2029", id="paragraph-separator"),
+        pytest.param("s\ud800.txt", "surrogate U+D800", id="lone-high-surrogate"),
+        pytest.param("s\udc00.txt", "surrogate U+DC00", id="lone-low-surrogate"),
+        pytest.param("s\ufffd.txt", "U+FFFD", id="replacement-character"),
     ],
 )
 def test_check_path_refuses(raw: str, reason: str) -> None:
