@@ -36,6 +36,7 @@ from service.parser import (
 from service.pipeline import Stage
 from service.providers.base import ModelRequest, Provider, ProviderError, Usage
 from service.storage import ACTIVE_STATUSES, FileRecord, Storage, Tx
+from service.text import whole_characters
 from service.validation import check_file
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ class Generations:
         asked = time.perf_counter()
         # aclosing: a failure in this loop closes the provider's stream (its HTTP
         # connection) now, not whenever the collector finalizes the generator.
-        async with contextlib.aclosing(self._provider.stream(request)) as chunks:
+        async with contextlib.aclosing(whole_characters(self._provider.stream(request))) as chunks:
             async for chunk in chunks:
                 if chunk.usage is not None:
                     run.usage = chunk.usage
