@@ -20,8 +20,8 @@ import orjson
 from service import events as ev
 from service.client import Backoff, Event, GenstreamClient, GenstreamError
 from service.outdir import write_file
-from service.paths import UnsafePath
-from service.terminal import Display, printable
+from service.paths import UnsafePath, check_path
+from service.terminal import Display, printable, shown
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the generation failed, or the API said no
@@ -87,7 +87,7 @@ async def status(client: GenstreamClient, project_id: str, as_json: bool, out: T
         )
     lines.append(f"last event  {project['last_event_id']}")
     lines.append(f"files       {len(files)}")
-    lines.extend(f"  {printable(f['path'])}  {f['size']} bytes" for f in files)
+    lines.extend(f"  {shown(f['path'])}  {f['size']} bytes" for f in files)
     out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -133,11 +133,11 @@ def describe(event: Event) -> str:
     elif event.type == ev.STAGE:
         detail = f"{data['label']} {data['status']} {data['progress']}%"
     elif event.type in (ev.FILE_STARTED, ev.FILE_DELTA):
-        detail = str(data["path"])
+        detail = shown(str(data["path"]))
         if event.type == ev.FILE_DELTA:
             detail += f" +{len(data['delta'])} chars"
     elif event.type == ev.FILE_COMPLETED:
-        detail = f"{data['path']} {data['size']} bytes"
+        detail = f"{shown(str(data['path']))} {data['size']} bytes"
     elif event.type == ev.VALIDATION:
         detail = f"{data['check']} {'ok' if data['ok'] else 'FAILED'} {data.get('detail') or ''}"
     elif event.type == ev.GENERATION_STARTED:
@@ -161,10 +161,13 @@ def _preview(text: str) -> str:
 
 @dataclass
 class _Files:
-    """Files as their deltas arrive; a file counts once it is completed."""
+    """Files as their deltas arrive; a file counts once it is completed. A completed
+    file whose path this side refuses (paths.check_path: the server may not be ours)
+    is kept out of `completed`, with the reason, so it is never shown as written."""
 
     typing: dict[str, list[str]] = field(default_factory=dict)
     completed: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # content,size,sha
+    refused: dict[str, str] = field(default_factory=dict)  # path: why
 
     def apply(self, event: Event) -> None:
         path = event.data.get("path")
@@ -176,6 +179,11 @@ class _Files:
             self.typing.setdefault(path, []).append(event.data["delta"])
         elif event.type == ev.FILE_COMPLETED:
             content = "".join(self.typing.pop(path, []))
+            try:
+                check_path(path)
+            except UnsafePath as exc:
+                self.refused[path] = str(exc)
+                return
             self.completed[path] = (content, event.data["size"], event.data["sha256"])
 
 
@@ -223,8 +231,8 @@ async def _follow(
 ) -> Event:
     terminal: Event | None = None
     async for event in client.stream_generation(generation_id):
-        _show(event, display)
         files.apply(event)
+        _show(event, display, files)
         if event.terminal:
             terminal = event
     if terminal is None:  # the stream ends only after a terminal event
@@ -232,16 +240,20 @@ async def _follow(
     return terminal
 
 
-def _show(event: Event, display: Display) -> None:
+def _show(event: Event, display: Display, files: _Files) -> None:
     data = event.data
     if event.type == ev.MESSAGE_DELTA:
         display.chat(data["delta"])
     elif event.type == ev.STAGE:
         display.progress(data["label"], data["progress"])
     elif event.type == ev.FILE_COMPLETED:
-        display.note(f"✓ {data['path']}  {data['size']} bytes", "ok")
+        refused = files.refused.get(data["path"])
+        if refused is None:
+            display.note(f"✓ {shown(data['path'])}  {data['size']} bytes", "ok")
+        else:
+            display.note(_refused(data["path"], refused), "error")
     elif event.type == ev.VALIDATION and not data["ok"]:
-        where = f"{data['path']}: " if data.get("path") else ""
+        where = f"{shown(str(data['path']))}: " if data.get("path") else ""
         display.note(f"! {where}{data['check']}: {data.get('detail') or ''}", "warn")
 
 
@@ -272,6 +284,7 @@ async def _write_files(
     assert options.out_dir is not None
     options.out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
+    wanted = len(files.completed) + len(files.refused)
     for path, (typed, size, sha256) in files.completed.items():
         content = typed
         raw = typed.encode()
@@ -280,12 +293,20 @@ async def _write_files(
             content = (await client.file(options.project_id, path))["content"]
         try:
             write_file(options.out_dir, path, content)
-        except (UnsafePath, OSError) as exc:
-            display.note(f"refused to write {path!r}: {exc}", "error")
+        except UnsafePath as exc:  # a symbolic link in the way
+            display.note(_refused(path, str(exc)), "error")
+        except OSError as exc:
+            display.note(f"✗ {shown(path)}: not written ({exc})", "error")
         else:
             written += 1
-    display.note(f"wrote {written} of {len(files.completed)} files under {options.out_dir}", "dim")
-    return EXIT_OK if written == len(files.completed) else EXIT_FAILED
+    display.note(f"wrote {written} of {wanted} files under {options.out_dir}", "dim")
+    # Not 0: a script's next step (`&& make`) must not run on a directory that lacks
+    # files the generation wrote.
+    return EXIT_OK if written == wanted else EXIT_FAILED
+
+
+def _refused(path: str, reason: str) -> str:
+    return f"✗ {shown(path)}: refused ({reason})"
 
 
 async def _cancel(client: GenstreamClient, generation_id: str, display: Display) -> int:

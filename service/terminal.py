@@ -6,7 +6,8 @@ only, no bar, no colour, each line flushed so a pipe sees it at once.
 
 Text from the model is untrusted: control characters other than newline and tab are
 replaced before they reach a terminal, so model output cannot move the cursor, set
-the title or write the clipboard (ESC sequences).
+the title or write the clipboard (ESC sequences). A path is shown by `shown`, which
+also makes visible what a terminal would hide or reorder.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ PLAIN_STEP: Final = 20
 def printable(text: str) -> str:
     """`text` with every control character but LF and TAB replaced by U+FFFD."""
     return _CONTROL.sub(REPLACEMENT, text)
+
+
+def shown(path: str) -> str:
+    """`path` as it is when every character of it shows, else its repr(): its escapes
+    make visible what a terminal would hide (U+200B) or reorder (U+202E, which makes
+    `evil\u202etxt.exe` read `evilexe.txt`), and it holds no control character."""
+    return path if path.isprintable() else repr(path)
 
 
 def wants_colour(stream: TextIO) -> bool:

@@ -225,6 +225,12 @@ async def test_status_and_token_come_from_the_environment(make_server: MakeServe
         pytest.param("", id="empty"),
         pytest.param("a//b", id="empty-segment"),
         pytest.param("con.txt", id="windows-device"),
+        pytest.param(".git/hooks/pre-commit", id="git-hook"),
+        pytest.param("a/.GIT/config", id="git-directory-upper"),
+        pytest.param("evil\u202etxt.exe", id="bidi-override"),
+        pytest.param("zero\u200bwidth.txt", id="zero-width"),
+        pytest.param("a\u2028b", id="line-separator"),
+        pytest.param("s\ud800.txt", id="lone-surrogate"),
     ],
 )
 def test_write_file_refuses_a_path_that_could_escape(path: str, tmp_path: Path) -> None:
