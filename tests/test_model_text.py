@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from service import events as ev
 from service.events import Draft
 from service.terminal import shown
+from tests import test_openai_provider
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
     FakeOpenAI,
@@ -29,7 +29,11 @@ from tests.fake_openai import (
 )
 from tests.sse_reader import Frame, parse_frame
 from tests.test_cli import read_lines_until, start_cli, tree
-from tests.test_openai_provider import KEY, openai_server, stored_files
+from tests.test_openai_provider import openai_server, stored_files
+
+# That module's fixtures, found by their names here: the model's server, the API key.
+fake = test_openai_provider.fake
+api_key = test_openai_provider.api_key
 
 OWNED = "#!/bin/sh\necho owned\n"
 
@@ -51,19 +55,6 @@ REFUSED = [
 ]
 # As the events name them: a journal holds no lone surrogate.
 SHOWN_PATHS = [str(param.values[1]) for param in REFUSED]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
 def file_text(path: str, content: str) -> str:
