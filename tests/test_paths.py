@@ -118,3 +118,20 @@ def test_check_path_either_refuses_or_returns_a_stable_relative_path(raw: str) -
     assert raw.endswith(path)  # the only rewrite is dropping a `./` prefix
     assert not path.startswith("/")
     assert ".." not in path.split("/")
+
+
+# Names around the character: letters, digits and `/`, so nothing else is refused.
+_names = st.text(st.sampled_from("ab1._/"), min_size=1, max_size=10).map(lambda s: f"x{s}x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _names,
+    st.characters(categories=["Cc", "Cf", "Cs", "Zl", "Zp"]),
+    _names,
+)
+def test_a_path_holding_a_hidden_or_invalid_character_is_refused(
+    before: str, char: str, after: str
+) -> None:
+    with pytest.raises(UnsafePath, match=f"U\\+{ord(char):04X}"):
+        check_path(before + char + after)
