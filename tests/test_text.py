@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 
 import pytest
@@ -85,4 +86,23 @@ async def test_whole_characters_passes_the_provider_s_chunks_through_joined() ->
         Chunk(text="end"),
         Chunk(text=REPLACEMENT),
     ]
+    assert closed == [True]
+
+
+async def test_closing_whole_characters_closes_the_provider_s_stream() -> None:
+    # generation.py closes the stream it reads on any failure: the provider's HTTP
+    # connection must close with it, not whenever the collector finalizes it.
+    closed = []
+
+    async def provider() -> AsyncGenerator[Chunk, None]:
+        try:
+            while True:
+                yield Chunk(text="more")
+        finally:
+            closed.append(True)
+
+    async with contextlib.aclosing(whole_characters(provider())) as chunks:
+        async for chunk in chunks:
+            assert chunk.text == "more"
+            break
     assert closed == [True]
