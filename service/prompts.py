@@ -3,7 +3,13 @@
 The system prompt asks for the output format service.parser reads (a `<file path>`
 block per file). `build_messages` turns a ModelRequest into chat-completions
 messages: the system prompt, earlier turns, then the request with the project's
-current files (within a character budget) and its images as image content parts.
+current files and its images as image content parts.
+
+`openai.context_chars` bounds the text of the whole request: the system prompt, the
+earlier turns (a quarter of what the system prompt and the request leave), the files
+shown in full, the names of the others (as many as fit, then a count) and the request.
+Only the request itself is never cut: a prompt longer than the budget goes alone.
+Image URLs are not counted (a model counts an image by its pixels, not its URL).
 """
 
 from __future__ import annotations
@@ -84,15 +90,34 @@ ENTRY_POINTS: Final = frozenset(
 )
 # Earlier turns may use this share of the budget; the files get the rest.
 HISTORY_SHARE: Final = 0.25
+# When not every file can be shown, this share of the files' budget is kept for naming
+# the others, so the model learns what else exists even when the shown files are big.
+NAMES_SHARE: Final = 0.1
+FILES_HEADER: Final = (
+    "The project's current files (rewrite a file in full to change it; "
+    "files you do not write stay as they are):\n"
+)
+REQUEST_LABEL: Final = "\nMy request:\n"
+NAMES_LABEL: Final = "Also in the project, not shown: "
+NAME_SEPARATOR: Final = ", "
+NAMES_JOINT: Final = " and "  # between the last name and the count of the others
+FILE_OPEN: Final = '<file path="{path}">\n'
+FILE_CLOSE: Final = "</file>\n"
 ROLES: Final = frozenset({"user", "assistant"})
 
 
 @dataclass(frozen=True, slots=True)
 class FileContext:
-    """The files shown to the model in full, and those only named (over budget)."""
+    """The files shown to the model in full, those only named (over budget), and how
+    many more there are that did not fit even as a name."""
 
     shown: tuple[FileRecord, ...]
     named: tuple[str, ...]
+    unnamed: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.shown or self.named or self.unnamed)
 
 
 def file_rank(path: str) -> tuple[int, int, str]:
@@ -103,19 +128,81 @@ def file_rank(path: str) -> tuple[int, int, str]:
 
 
 def select_files(files: Iterable[FileRecord], budget: int) -> FileContext:
-    """The files that fit in `budget` characters, in rank order; a file too big for
-    what is left is named, not cut: half a file would read as the whole of it."""
+    """What of the project fits in `budget` characters of request text (the listing
+    around the prompt: `request_text` adds at most that). Files go in rank order, whole:
+    one too big for what is left is named, not cut, as half a file would read as the
+    whole of it. Names go as far as they fit; the rest is a count."""
+    ranked = sorted(files, key=lambda f: file_rank(f.path))
+    room = budget - len(FILES_HEADER) - len(REQUEST_LABEL)
+    if not ranked or room <= 0:
+        return FileContext((), ())
+    shown, rest = _fill(ranked, room)
+    if rest:
+        # Not all fit: show files in a smaller room, so that names have a share of their
+        # own, and the count of the unnamed always fits.
+        wanted = len(_names_line(tuple(f.path for f in rest), 0))
+        reserve = max(_count_frame(len(ranked)), min(wanted, int(room * NAMES_SHARE)))
+        shown, rest = _fill(ranked, room - reserve)
+    left = room - sum(_block_cost(f) for f in shown)
+    named, unnamed = _fit_names([f.path for f in rest], left)
+    return FileContext(tuple(shown), named, unnamed)
+
+
+def _fill(ranked: list[FileRecord], room: int) -> tuple[list[FileRecord], list[FileRecord]]:
+    """The files that fit in `room`, greedily in rank order, and the others."""
     shown: list[FileRecord] = []
-    named: list[str] = []
-    left = budget
-    for file in sorted(files, key=lambda f: file_rank(f.path)):
-        cost = len(file.content) + len(file.path)
-        if cost <= left:
+    rest: list[FileRecord] = []
+    for file in ranked:
+        cost = _block_cost(file)
+        if cost <= room:
             shown.append(file)
-            left -= cost
+            room -= cost
         else:
-            named.append(file.path)
-    return FileContext(tuple(shown), tuple(named))
+            rest.append(file)
+    return shown, rest
+
+
+def _fit_names(paths: list[str], room: int) -> tuple[tuple[str, ...], int]:
+    """As many of `paths` as fit in `room` as names, and the count of the others; when
+    not even the count fits, neither (the model is then told of no other file)."""
+    named: list[str] = []
+    used = _count_frame(len(paths))
+    if used > room:
+        return (), 0
+    for path in paths:
+        cost = len(path) + (len(NAME_SEPARATOR) if named else 0)
+        if used + cost > room:
+            break
+        named.append(path)
+        used += cost
+    return tuple(named), len(paths) - len(named)
+
+
+def _count_frame(files: int) -> int:
+    """The names line without names at its longest: the count of all, after a joint."""
+    return len(_names_line((), files)) + len(NAMES_JOINT)
+
+
+def _block(file: FileRecord) -> str:
+    return f"{FILE_OPEN.format(path=file.path)}{file.content}{_line_end(file)}{FILE_CLOSE}"
+
+
+def _block_cost(file: FileRecord) -> int:
+    """len(_block(file)), without copying the file's content."""
+    opening = FILE_OPEN.format(path=file.path)
+    return len(opening) + len(file.content) + len(_line_end(file)) + len(FILE_CLOSE)
+
+
+def _line_end(file: FileRecord) -> str:
+    # The closing tag must start a line of its own, as the model is asked to write it.
+    return "\n" if file.content and not file.content.endswith("\n") else ""
+
+
+def _names_line(named: tuple[str, ...], unnamed: int) -> str:
+    more = f"{unnamed:,} more file{'s' if unnamed != 1 else ''}" if unnamed else ""
+    listed = NAME_SEPARATOR.join(named)
+    joint = NAMES_JOINT if listed and more else ""
+    return f"{NAMES_LABEL}{listed}{joint}{more}\n"
 
 
 def select_history(
@@ -139,30 +226,22 @@ def select_history(
 
 
 def request_text(prompt: str, context: FileContext) -> str:
-    if not context.shown and not context.named:
+    if context.empty:
         return prompt
-    parts = [
-        "The project's current files (rewrite a file in full to change it; "
-        "files you do not write stay as they are):\n"
-    ]
-    for file in context.shown:
-        # The closing tag must start a line of its own, as the model is asked to write it.
-        content = file.content
-        if content and not content.endswith("\n"):
-            content += "\n"
-        parts.append(f'<file path="{file.path}">\n{content}</file>\n')
-    if context.named:
-        parts.append(f"Also in the project, not shown: {', '.join(context.named)}\n")
-    parts.append(f"\nMy request:\n{prompt}")
+    parts = [FILES_HEADER, *map(_block, context.shown)]
+    if context.named or context.unnamed:
+        parts.append(_names_line(context.named, context.unnamed))
+    parts += [REQUEST_LABEL, prompt]
     return "".join(parts)
 
 
 def build_messages(request: ModelRequest, context_chars: int) -> list[ChatCompletionMessageParam]:
-    """The messages of one chat-completions request for `request`."""
-    history_budget = int(context_chars * HISTORY_SHARE)
-    history = select_history(request.history, history_budget)
+    """The messages of one chat-completions request for `request`, their text within
+    `context_chars` unless the system prompt and the prompt alone exceed it."""
+    free = max(context_chars - len(SYSTEM_PROMPT) - len(request.prompt), 0)
+    history = select_history(request.history, int(free * HISTORY_SHARE))
     used = sum(len(str(message.get("content", ""))) for message in history)
-    context = select_files(request.files, context_chars - used)
+    context = select_files(request.files, free - used)
     text = request_text(request.prompt, context)
     messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": SYSTEM_PROMPT}]
     messages += history
