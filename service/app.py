@@ -119,6 +119,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         max_concurrent=settings.generation.max_concurrent,
         timeout_seconds=settings.generation.timeout_seconds,
         metrics=stats,
+        limits=settings.generation,
     )
     connections = Connections(settings.stream.max_streams, settings.stream.max_streams_per_project)
     stats.read_at_scrape(

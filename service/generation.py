@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 
 from service import events as ev
 from service import logs, pipeline
+from service.config import GenerationSettings
 from service.errors import ApiError, not_found
 from service.events import Draft, now_ms
 from service.journal import Emit, Journal
@@ -46,6 +47,9 @@ T = TypeVar("T")
 PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
 STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
+OUTPUT_TOO_LARGE: Final = "output_too_large"
+# Paths a generation.completed summary names; the rest are counted.
+SUMMARY_PATHS: Final = 10
 # Waits between tries to record a generation's end while the database refuses writes
 # (busy, full), then every 8 s until it lands or the server stops (the next start then
 # finishes it as interrupted). Its streams wait for that end, with heartbeats.
@@ -121,8 +125,10 @@ class Generations:
         max_concurrent: int,
         timeout_seconds: float,
         metrics: Metrics,
+        limits: GenerationSettings,
     ) -> None:
         self._metrics = metrics
+        self._limits = limits
         self._closing = False
         self._storage = storage
         self._journal = journal
@@ -358,8 +364,9 @@ class Generations:
     async def _generate(self, run: _Run, request: ModelRequest) -> None:
         step = pipeline.PROGRESS_STEP
         asked = time.perf_counter()
-        # aclosing: a failure in this loop closes the provider's stream (its HTTP
-        # connection) now, not whenever the collector finalizes the generator.
+        bounds = _OutputBounds(self._limits)
+        # aclosing: a failure in this loop (a cap crossed included) closes the provider's
+        # stream (its HTTP connection) now, not whenever the collector finalizes it.
         async with contextlib.aclosing(whole_characters(self._provider.stream(request))) as chunks:
             async for chunk in chunks:
                 if chunk.usage is not None:
@@ -368,18 +375,26 @@ class Generations:
                     if run.first_token_ms is None:
                         run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
                         self._metrics.provider_first_token.observe(time.perf_counter() - asked)
-                    drafts = self._drafts(run, run.parser.feed(_valid_text(chunk.text)))
-                    if drafts:
-                        await self._journal.append(*drafts)
+                    # Counted before the parser holds it: nothing past the cap is kept.
+                    bounds.take(chunk.text)
+                    await self._journal_items(run, bounds, run.parser.feed(_valid_text(chunk.text)))
                 if chunk.progress is not None:
                     overall = pipeline.GENERATING.at(chunk.progress)
                     if overall - run.progress >= step:
                         await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
         self._metrics.provider_stream.observe(time.perf_counter() - asked)
-        drafts = self._drafts(run, run.parser.finish())
+        await self._journal_items(run, bounds, run.parser.finish())
+        await self._stage(run, pipeline.GENERATING, "complete", 1.0)
+
+    async def _journal_items(self, run: _Run, bounds: _OutputBounds, items: list[Item]) -> None:
+        """Journal the parser's items up to the first that crosses a cap, then fail with
+        that cap: what came before it stays in the log, as after any failure."""
+        admitted, crossed = bounds.admit(items)
+        drafts = self._drafts(run, admitted)
         if drafts:
             await self._journal.append(*drafts)
-        await self._stage(run, pipeline.GENERATING, "complete", 1.0)
+        if crossed is not None:
+            raise crossed
 
     def _drafts(self, run: _Run, items: list[Item]) -> list[Draft]:
         drafts: list[Draft] = []
@@ -580,6 +595,61 @@ class Generations:
             return
 
 
+class _OutputBounds:
+    """What one generation may take from its model: generation.max_output_chars (every
+    character it sends, tags included), max_files (distinct paths) and max_file_bytes
+    (one file's UTF-8 bytes). `max_tokens` is only a request to the model; a model that
+    ignores it, or sends a token of megabytes, is stopped here, before its text grows
+    the parser's buffers, the run's files or the message."""
+
+    __slots__ = ("_chars", "_file_bytes", "_limits", "_paths")
+
+    def __init__(self, limits: GenerationSettings) -> None:
+        self._limits = limits
+        self._chars = 0
+        self._paths: set[str] = set()
+        self._file_bytes = 0  # of the file being written
+
+    def take(self, text: str) -> None:
+        """Count a chunk of the model's text; raise if it crosses the output cap (the
+        chunk is then not taken at all)."""
+        self._chars += len(text)
+        limit = self._limits.max_output_chars
+        if self._chars > limit:
+            raise _too_large(f"the model's answer passed generation.max_output_chars ({limit:,})")
+
+    def admit(self, items: list[Item]) -> tuple[list[Item], ProviderError | None]:
+        """The items before the first that crosses a cap, and that cap's error."""
+        for index, item in enumerate(items):
+            crossed = self._crosses(item)
+            if crossed is not None:
+                return items[:index], crossed
+        return items, None
+
+    def _crosses(self, item: Item) -> ProviderError | None:
+        if isinstance(item, FileStarted):
+            self._file_bytes = 0
+            if item.path not in self._paths:  # a file written again is still one file
+                if len(self._paths) >= self._limits.max_files:
+                    limit = self._limits.max_files
+                    return _too_large(f"the model wrote more than generation.max_files ({limit:,})")
+                self._paths.add(item.path)
+        elif isinstance(item, FileDelta):
+            # surrogatepass: a count, never an error, whatever the text holds.
+            self._file_bytes += len(item.text.encode("utf-8", "surrogatepass"))
+            limit = self._limits.max_file_bytes
+            if self._file_bytes > limit:
+                return _too_large(
+                    f"the file {item.path} passed generation.max_file_bytes ({limit:,} bytes)"
+                )
+        return None
+
+
+def _too_large(cap: str) -> ProviderError:
+    # Not retryable: the same request would meet the same model and the same cap.
+    return ProviderError(OUTPUT_TOO_LARGE, f"{cap}; it was stopped there", retryable=False)
+
+
 async def _uncancellable(future: asyncio.Future[T]) -> T:
     """Wait for work that must finish even while the waiting task is cancelled, however
     often; the cancellation is passed on once the work is done."""
@@ -651,7 +721,11 @@ def _valid_text(text: str) -> str:
 
 
 def _summary(files: list[FileRecord]) -> str:
+    """One line for people and logs: the count, and the first few paths only (a summary
+    naming each of 20,000 files was 299 KB)."""
     if not files:
         return "No files written."
-    names = ", ".join(f.path for f in files)
-    return f"Wrote {len(files)} file{'s' if len(files) != 1 else ''}: {names}"
+    names = ", ".join(f.path for f in files[:SUMMARY_PATHS])
+    more = len(files) - SUMMARY_PATHS
+    rest = f", and {more:,} more" if more > 0 else ""
+    return f"Wrote {len(files):,} file{'s' if len(files) != 1 else ''}: {names}{rest}"
