@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.common import peak_rss_bytes, reset_peak_rss
 from service import events as ev
 from service.prompts import SYSTEM_PROMPT, build_messages, request_text, select_files
 from service.providers.base import ModelRequest
@@ -53,21 +54,6 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
         await model.close()
 
 
-def _peak_rss(pid: int) -> int:
-    """The child's peak resident memory (proc(5) VmHWM): memory, not timing."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-def _reset_peak_rss(pid: int) -> None:
-    """proc(5): writing 5 to clear_refs sets the peak back to the current RSS."""
-    with open(f"/proc/{pid}/clear_refs", "w") as clear:
-        clear.write("5")
-
-
 def _runaway_reply() -> Reply:
     """One delta object repeated: the fake holds 64 KiB, however long the stream."""
     text = (LINE * (DELTA_CHARS // len(LINE) + 1))[:DELTA_CHARS]
@@ -77,16 +63,14 @@ def _runaway_reply() -> Reply:
 
 
 async def _generate(server: ServerProcess, project_id: str) -> dict[str, Any]:
-    """Submit, follow the generation's stream to its end, return its final state."""
+    """Submit; once the generation's stream has closed (after its terminal event), the
+    generation as the server has it."""
     path = f"/api/projects/{project_id}/generations"
     submitted = await server.json("POST", path, status=202, json={"prompt": "an essay"})
-    generation_id = submitted["generation"]["id"]
-    async with (
-        asyncio.timeout(TIMEOUT),
-        server.http.get(f"{server.url}/api/generations/{generation_id}/stream") as response,
-    ):
-        await response.read()
-    generation: dict[str, Any] = await server.json("GET", f"/api/generations/{generation_id}")
+    generation_path = f"/api/generations/{submitted['generation']['id']}"
+    async with server.http.get(f"{server.url}{generation_path}/stream") as response:
+        await asyncio.wait_for(response.read(), TIMEOUT)
+    generation: dict[str, Any] = await server.json("GET", generation_path)
     return generation
 
 
@@ -105,12 +89,11 @@ async def test_a_runaway_model_does_not_grow_the_servers_memory(
         project_id = await server.new_project()
         # A first, small generation loads what any generation needs (the openai client,
         # its TLS context, the SQL statements): the peak below is the runaway's own.
-        warm = await _generate(server, project_id)
-        assert warm["status"] == "completed"
-        _reset_peak_rss(server.pid)
-        idle = _peak_rss(server.pid)
+        assert (await _generate(server, project_id))["status"] == "completed"
+        reset_peak_rss(server.pid)
+        idle = peak_rss_bytes(server.pid)
         generation = await _generate(server, project_id)
-        grown = _peak_rss(server.pid) - idle
+        grown = peak_rss_bytes(server.pid) - idle
         print(f"peak RSS grew by {grown / MIB:.1f} MiB over {idle / MIB:.1f} MiB")
         events = await server.events(project_id)
     streamed = sum(
@@ -118,10 +101,9 @@ async def test_a_runaway_model_does_not_grow_the_servers_memory(
         for e in events
         if e["type"] == ev.MESSAGE_DELTA and e["generation_id"] == generation["id"]
     )
-    print(f"status {generation['status']}, {streamed} characters streamed")
+    print(f"{generation['status']} {generation['error']}, {streamed} characters streamed")
     assert grown < 64 * MIB
-    assert generation["status"] == "failed"
-    assert generation["error"]["code"] == "output_too_large"
+    assert (generation["status"], generation["error"]["code"]) == ("failed", "output_too_large")
     assert 0 < streamed <= 1_000_000  # the default generation.max_output_chars
 
 
@@ -141,8 +123,18 @@ def _held_open(text: str, piece: int) -> Reply:
     return Reply(steps=(*text_events(split(text, piece), finish=None), Gate()))
 
 
-def _failure(outcome: Outcome) -> tuple[str, dict[str, Any]]:
-    return outcome.generation["status"], outcome.generation["error"]
+async def _stopped(
+    make_server: MakeServer, fake: FakeOpenAI, text: str, piece: int, cap: str, **caps: int
+) -> tuple[Genstream, Outcome]:
+    """`text` from a model that then holds its stream open, against a server with
+    `caps`: the generation must fail as output_too_large, saying `cap`."""
+    fake.script(_held_open(text, piece))
+    gs = await _bounded_server(make_server, fake, **caps)
+    outcome = await run(gs)
+    message = f"{cap}; it was stopped there"
+    error = {"code": "output_too_large", "message": message, "retryable": False}
+    assert (outcome.generation["status"], outcome.generation["error"]) == ("failed", error)
+    return gs, outcome
 
 
 def _block(path: str, content: str) -> str:
@@ -154,18 +146,8 @@ async def test_output_over_max_output_chars_fails_and_the_model_is_not_read_furt
 ) -> None:
     block = _block("a.txt", "a\n" * 50)
     text = "Here it comes.\n" + block + "b" * 2000
-    fake.script(_held_open(text, 40))
-    gs = await _bounded_server(make_server, fake, max_output_chars=1000)
-    outcome = await run(gs)
-    assert _failure(outcome) == (
-        "failed",
-        {
-            "code": "output_too_large",
-            "message": "the model's answer passed generation.max_output_chars (1,000); "
-            "it was stopped there",
-            "retryable": False,
-        },
-    )
+    cap = "the model's answer passed generation.max_output_chars (1,000)"
+    gs, outcome = await _stopped(make_server, fake, text, 40, cap, max_output_chars=1000)
     # The 25 deltas that fit were taken, the one that crossed the cap was not.
     assert outcome.chat == text[:1000].replace(block, "")
     assert outcome.assistant["status"] == "error"
@@ -189,17 +171,8 @@ async def test_more_files_than_max_files_fails_at_the_first_one_too_many(
         + _block("c.txt", "4\n")
         + "The end.\n"
     )
-    fake.script(_held_open(text, 7))
-    gs = await _bounded_server(make_server, fake, max_files=2)
-    outcome = await run(gs)
-    assert _failure(outcome) == (
-        "failed",
-        {
-            "code": "output_too_large",
-            "message": "the model wrote more than generation.max_files (2); it was stopped there",
-            "retryable": False,
-        },
-    )
+    cap = "the model wrote more than generation.max_files (2)"
+    _, outcome = await _stopped(make_server, fake, text, 7, cap, max_files=2)
     assert [e["path"] for e in outcome.of_type(ev.FILE_STARTED)] == ["a.txt", "b.txt", "a.txt"]
     assert outcome.chat == "Three files.\nNow the third.\n"
     assert not outcome.typed("c.txt")
@@ -211,18 +184,8 @@ async def test_a_file_over_max_file_bytes_fails_counting_utf8_bytes(
     exact = "x" * 99 + "\n"  # 100 bytes: at the cap, not over it
     big = "é" * 60  # 60 characters, 120 bytes
     text = _block("exact.txt", exact) + _block("big.txt", big) + "After.\n"
-    fake.script(_held_open(text, 10))
-    gs = await _bounded_server(make_server, fake, max_file_bytes=100)
-    outcome = await run(gs)
-    assert _failure(outcome) == (
-        "failed",
-        {
-            "code": "output_too_large",
-            "message": "the file big.txt passed generation.max_file_bytes (100 bytes); "
-            "it was stopped there",
-            "retryable": False,
-        },
-    )
+    cap = "the file big.txt passed generation.max_file_bytes (100 bytes)"
+    _, outcome = await _stopped(make_server, fake, text, 10, cap, max_file_bytes=100)
     assert [e["path"] for e in outcome.of_type(ev.FILE_COMPLETED)] == ["exact.txt"]
     assert outcome.typed("exact.txt") == exact
     typed = outcome.typed("big.txt")
