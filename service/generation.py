@@ -377,7 +377,7 @@ class Generations:
                         self._metrics.provider_first_token.observe(time.perf_counter() - asked)
                     # Counted before the parser holds it: nothing past the cap is kept.
                     bounds.take(chunk.text)
-                    await self._journal_items(run, bounds, run.parser.feed(_valid_text(chunk.text)))
+                    await self._journal_items(run, bounds, run.parser.feed(chunk.text))
                 if chunk.progress is not None:
                     overall = pipeline.GENERATING.at(chunk.progress)
                     if overall - run.progress >= step:
@@ -706,18 +706,6 @@ def _message_update(message_id: str, status: str, content: str) -> dict[str, Any
 
 def _stage_draft(run: _Run, stage: Stage, status: str, progress: int) -> Draft:
     return run.draft(ev.STAGE, stage=stage.id, label=stage.label, status=status, progress=progress)
-
-
-def _valid_text(text: str) -> str:
-    """Model text may hold lone surrogates (a JSON "\\ud800" escape decodes to one); they
-    cannot be encoded as UTF-8, so they would fail the journal. Replace them."""
-    if text.isascii():
-        return text
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode()
-    return text
 
 
 def _summary(files: list[FileRecord]) -> str:
