@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from service import logs, metrics, retention
 from service.api import json_response, routes
@@ -18,7 +20,7 @@ from service.broker import Broker, Closed
 from service.config import Settings
 from service.connections import Connections
 from service.context import SERVICES, Services
-from service.errors import ApiError
+from service.errors import ApiError, malformed_request
 from service.events import now_ms
 from service.generation import Generations
 from service.journal import Emit, Journal
@@ -51,8 +53,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        response = json_response(exc.body(), status=exc.status)
-        response.headers.update(exc.headers)
+        return error_response(exc)
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        # A body aiohttp's parser could not read: it does not decode (Content-Encoding:
+        # gzip over garbage), or its chunking broke (service/server.py). Ended here, or
+        # aiohttp's lingering read after the answer would raise it again, with a
+        # traceback; and the connection closes, as the rest of it cannot be parsed.
+        request.content.feed_eof()
+        response = error_response(malformed_request(str(exc), request.remote))
+        response.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -71,6 +80,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = {"error": {"code": "internal_error", "message": "an internal error occurred"}}
         return json_response(body, status=500)
+
+
+def error_response(exc: ApiError) -> web.Response:
+    response = json_response(exc.body(), status=exc.status)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:

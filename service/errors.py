@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import re
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+MALFORMED_REQUEST: Final = "malformed_request"
+_MAX_REASON_CHARS: Final = 200
+# aiohttp's str() of its HTTP errors: "400, message:" on a line, then the message.
+_STATUS_LINE: Final = re.compile(r"\d{3}, message:")
 
 
 class ApiError(Exception):
@@ -34,3 +43,17 @@ def bad_request(field: str, message: str) -> ApiError:
 
 def not_found(kind: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"no {kind} with id {ident!r}")
+
+
+def malformed_request(reason: str, remote: str | None) -> ApiError:
+    """A request HTTP cannot read (a NUL in a header, a bad chunk size, an unknown method,
+    a body that does not decode), said in one WARNING line: no traceback, since any client
+    can send these as fast as it likes. `reason` is aiohttp's message; only its first line
+    is kept ("Invalid header value char"), not the quoted bytes of the lines after it."""
+    lines = [line.strip() for line in reason.strip().splitlines()]
+    if lines and _STATUS_LINE.fullmatch(lines[0]):
+        lines = lines[1:]
+    first = lines[0].rstrip(":").strip()[:_MAX_REASON_CHARS] if lines else ""
+    first = first or "unparsable request"
+    log.warning("malformed HTTP request from %s: %s", remote, first)
+    return ApiError(400, MALFORMED_REQUEST, f"malformed HTTP request: {first}")
