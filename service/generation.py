@@ -36,6 +36,7 @@ from service.parser import (
 )
 from service.pipeline import Stage
 from service.providers.base import ModelRequest, Provider, ProviderError, Usage
+from service.providers.base import output_too_large as _too_large
 from service.storage import ACTIVE_STATUSES, FileRecord, Storage, Tx
 from service.text import whole_characters
 from service.validation import check_file
@@ -47,7 +48,6 @@ T = TypeVar("T")
 PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
 STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
-OUTPUT_TOO_LARGE: Final = "output_too_large"
 # Paths a generation.completed summary names; the rest are counted.
 SUMMARY_PATHS: Final = 10
 # Waits between tries to record a generation's end while the database refuses writes
@@ -643,11 +643,6 @@ class _OutputBounds:
                     f"the file {item.path} passed generation.max_file_bytes ({limit:,} bytes)"
                 )
         return None
-
-
-def _too_large(cap: str) -> ProviderError:
-    # Not retryable: the same request would meet the same model and the same cap.
-    return ProviderError(OUTPUT_TOO_LARGE, f"{cap}; it was stopped there", retryable=False)
 
 
 async def _uncancellable(future: asyncio.Future[T]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from service.storage import FileRecord
 
@@ -56,6 +56,17 @@ class ProviderError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+# A model that sent more than a generation may take: generation.py's caps on its text and
+# files, and a provider's on one event of its stream.
+OUTPUT_TOO_LARGE: Final = "output_too_large"
+
+
+def output_too_large(cap: str) -> ProviderError:
+    """The failure of a model stopped at `cap` (which says what it passed)."""
+    # Not retryable: the same request would meet the same model and the same cap.
+    return ProviderError(OUTPUT_TOO_LARGE, f"{cap}; it was stopped there", retryable=False)
 
 
 class Provider(Protocol):
