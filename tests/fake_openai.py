@@ -215,6 +215,17 @@ def answer(
     return Reply(steps=tuple(Event(c) for c in chunks), usage=usage, flavor=flavor)
 
 
+def huge_line(chars: int, *, write: int = 65_536) -> Reply:
+    """One content delta of `chars` characters in a single `data:` line, then a normal
+    finish: a server that sends a token of megabytes. The line goes out in writes of
+    `write` bytes, all one repeated piece, so the fake holds a piece, not the line."""
+    head, tail = event(chunk({"content": "\0"})).split(b"\\u0000")
+    piece = b"x" * write
+    count, rest = divmod(chars, write)
+    line = (head, *(piece,) * count, *(piece[:rest],) * bool(rest), tail)
+    return Reply(steps=(*text_events([], finish=None), *line, event(chunk({}, "stop"))))
+
+
 def error(
     status: int,
     message: str,

@@ -27,6 +27,7 @@ from tests.fake_openai import (
     answer,
     chunk,
     event,
+    huge_line,
     split,
     text_events,
 )
@@ -74,11 +75,13 @@ async def _generate(server: ServerProcess, project_id: str) -> dict[str, Any]:
     return generation
 
 
-async def test_a_runaway_model_does_not_grow_the_servers_memory(
-    tmp_path: Path, fake: FakeOpenAI
-) -> None:
+async def _peak_growth(
+    tmp_path: Path, fake: FakeOpenAI, reply: Reply
+) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+    """How far the server's peak RSS grows in a generation the model answers with
+    `reply`, that generation, and its project's events."""
     fake.script(Reply(steps=(event(chunk({"content": "Warm.\n"})), event(chunk({}, "stop")))))
-    fake.script(_runaway_reply())
+    fake.script(reply)
     async with server_process(
         tmp_path,
         generation_provider="openai",
@@ -88,23 +91,55 @@ async def test_a_runaway_model_does_not_grow_the_servers_memory(
     ) as server:
         project_id = await server.new_project()
         # A first, small generation loads what any generation needs (the openai client,
-        # its TLS context, the SQL statements): the peak below is the runaway's own.
+        # its TLS context, the SQL statements): the peak below is the reply's own.
         assert (await _generate(server, project_id))["status"] == "completed"
         reset_peak_rss(server.pid)
         idle = peak_rss_bytes(server.pid)
         generation = await _generate(server, project_id)
         grown = peak_rss_bytes(server.pid) - idle
         print(f"peak RSS grew by {grown / MIB:.1f} MiB over {idle / MIB:.1f} MiB")
-        events = await server.events(project_id)
+        print(f"{generation['status']} {generation['error']}")
+        return grown, generation, await server.events(project_id)
+
+
+async def test_a_runaway_model_does_not_grow_the_servers_memory(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    grown, generation, events = await _peak_growth(tmp_path, fake, _runaway_reply())
     streamed = sum(
         len(e["delta"])
         for e in events
         if e["type"] == ev.MESSAGE_DELTA and e["generation_id"] == generation["id"]
     )
-    print(f"{generation['status']} {generation['error']}, {streamed} characters streamed")
+    print(f"{streamed} characters streamed")
     assert grown < 64 * MIB
     assert (generation["status"], generation["error"]["code"]) == ("failed", "output_too_large")
     assert 0 < streamed <= 1_000_000  # the default generation.max_output_chars
+
+
+async def test_one_huge_sse_line_is_refused_before_it_is_held_whole(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    # One content delta of 40 MB in one `data:` line. The SDK's decoder held the whole
+    # line, then its JSON, then the chunk: the peak grew by 153 MiB before the output cap
+    # could see the text.
+    grown, generation, events = await _peak_growth(tmp_path, fake, huge_line(40_000_000))
+    assert grown < 32 * MIB
+    error = generation["error"]
+    assert (generation["status"], error["code"], error["retryable"]) == (
+        "failed",
+        "output_too_large",
+        False,
+    )
+    assert error["message"] == (
+        "an event of the model's stream passed 12,065,536 bytes, more than"
+        " generation.max_output_chars (1,000,000) can fill; it was stopped there"
+    )
+    assert not [
+        e
+        for e in events
+        if e["type"] == ev.MESSAGE_DELTA and e["generation_id"] == generation["id"]
+    ]
 
 
 # --- the caps, one by one ---------------------------------------------------------------
@@ -124,11 +159,11 @@ def _held_open(text: str, piece: int) -> Reply:
 
 
 async def _stopped(
-    make_server: MakeServer, fake: FakeOpenAI, text: str, piece: int, cap: str, **caps: int
+    make_server: MakeServer, fake: FakeOpenAI, reply: Reply, cap: str, **caps: int
 ) -> tuple[Genstream, Outcome]:
-    """`text` from a model that then holds its stream open, against a server with
-    `caps`: the generation must fail as output_too_large, saying `cap`."""
-    fake.script(_held_open(text, piece))
+    """`reply` (a model that then holds its stream open) against a server with `caps`:
+    the generation must fail as output_too_large, saying `cap`."""
+    fake.script(reply)
     gs = await _bounded_server(make_server, fake, **caps)
     outcome = await run(gs)
     message = f"{cap}; it was stopped there"
@@ -147,7 +182,9 @@ async def test_output_over_max_output_chars_fails_and_the_model_is_not_read_furt
     block = _block("a.txt", "a\n" * 50)
     text = "Here it comes.\n" + block + "b" * 2000
     cap = "the model's answer passed generation.max_output_chars (1,000)"
-    gs, outcome = await _stopped(make_server, fake, text, 40, cap, max_output_chars=1000)
+    gs, outcome = await _stopped(
+        make_server, fake, _held_open(text, 40), cap, max_output_chars=1000
+    )
     # The 25 deltas that fit were taken, the one that crossed the cap was not.
     assert outcome.chat == text[:1000].replace(block, "")
     assert outcome.assistant["status"] == "error"
@@ -172,7 +209,7 @@ async def test_more_files_than_max_files_fails_at_the_first_one_too_many(
         + "The end.\n"
     )
     cap = "the model wrote more than generation.max_files (2)"
-    _, outcome = await _stopped(make_server, fake, text, 7, cap, max_files=2)
+    _, outcome = await _stopped(make_server, fake, _held_open(text, 7), cap, max_files=2)
     assert [e["path"] for e in outcome.of_type(ev.FILE_STARTED)] == ["a.txt", "b.txt", "a.txt"]
     assert outcome.chat == "Three files.\nNow the third.\n"
     assert not outcome.typed("c.txt")
@@ -185,12 +222,46 @@ async def test_a_file_over_max_file_bytes_fails_counting_utf8_bytes(
     big = "é" * 60  # 60 characters, 120 bytes
     text = _block("exact.txt", exact) + _block("big.txt", big) + "After.\n"
     cap = "the file big.txt passed generation.max_file_bytes (100 bytes)"
-    _, outcome = await _stopped(make_server, fake, text, 10, cap, max_file_bytes=100)
+    _, outcome = await _stopped(make_server, fake, _held_open(text, 10), cap, max_file_bytes=100)
     assert [e["path"] for e in outcome.of_type(ev.FILE_COMPLETED)] == ["exact.txt"]
     assert outcome.typed("exact.txt") == exact
     typed = outcome.typed("big.txt")
     assert big.startswith(typed) and len(typed.encode()) <= 100
     assert outcome.chat == ""
+
+
+def _spread_event(content: str, size: int) -> bytes:
+    """One event of a content chunk in `size` bytes of lines (line ends not counted):
+    its JSON on the first line, then `data:` lines of spaces, which the SSE decoder
+    joins with newlines and JSON reads as whitespace."""
+    first = b"data: " + orjson.dumps(chunk({"content": content}))
+    pads, rest = divmod(size - len(first), 1000)
+    lines = [first + b" " * rest, *[b"data:" + b" " * 995] * pads]
+    return b"\n".join(lines) + b"\n\n"
+
+
+async def test_an_event_of_many_lines_past_the_bound_fails_and_is_not_read_further(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    # 1,000 characters of output: no event past 12 * 1,000 + 64 KiB bytes can fit.
+    reply = Reply(steps=(*text_events([], finish=None), _spread_event("Hi.\n", 77_537), Gate()))
+    cap = (
+        "an event of the model's stream passed 77,536 bytes, more than"
+        " generation.max_output_chars (1,000) can fill"
+    )
+    _, outcome = await _stopped(make_server, fake, reply, cap, max_output_chars=1000)
+    assert outcome.chat == ""
+
+
+async def test_an_event_at_the_bound_is_taken(make_server: MakeServer, fake: FakeOpenAI) -> None:
+    event_at_bound = _spread_event("Hi.\n", 77_536)
+    fake.script(
+        Reply(steps=(*text_events([], finish=None), event_at_bound, event(chunk({}, "stop"))))
+    )
+    gs = await _bounded_server(make_server, fake, max_output_chars=1000)
+    outcome = await run(gs)
+    assert outcome.generation["status"] == "completed", outcome.generation["error"]
+    assert outcome.chat == "Hi.\n"
 
 
 async def test_the_completed_summary_counts_files_and_names_a_few(

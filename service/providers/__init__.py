@@ -33,7 +33,10 @@ def make_provider(settings: Settings, environ: Mapping[str, str] | None = None) 
         # it; and service.prompts (which it imports) imports this package's base.
         from service.providers.openai_provider import OpenAIProvider
 
-        return OpenAIProvider(settings.openai, api_key)
+        # The output cap also bounds one event of its stream (openai_provider._SSEDecoder).
+        return OpenAIProvider(
+            settings.openai, api_key, max_output_chars=settings.generation.max_output_chars
+        )
     raise ConfigError(
         f"generation.provider: unknown provider {name!r} (known: offline, openai, auto)"
     )

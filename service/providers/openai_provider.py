@@ -15,6 +15,7 @@ Every failure leaves as a ProviderError with a code, a message for people, and
 whether submitting again may help.
 
 The stream is decoded as WHATWG says, not as the SDK's decoder does (`_SSEDecoder`),
+one event of it is never held past a bound derived from generation.max_output_chars,
 and an error object inside a 200 stream is mapped by its `code` like an HTTP status
 (LiteLLM's proxy reports a rate limit that way).
 """
@@ -27,7 +28,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
@@ -38,7 +39,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from service.config import OpenAISettings
 from service.prompts import build_messages
-from service.providers.base import Chunk, ModelRequest, ProviderError, Usage
+from service.providers.base import Chunk, ModelRequest, ProviderError, Usage, output_too_large
 
 # A server asking for a longer wait than this is not waited for: the generation
 # fails as rate_limited (retryable), and the user decides when to submit again.
@@ -54,10 +55,23 @@ MAX_DETAIL: Final = 300
 RATE_LIMIT_CODES: Final = frozenset({"rate_limit_exceeded"})
 RATE_LIMIT_TYPES: Final = frozenset({"throttling_error", "rate_limit_error"})
 TOO_MANY_REQUESTS: Final = 429
+# One event of the stream carries one content delta, and a delta longer than
+# generation.max_output_chars fails the generation anyway. A character takes at most 12
+# bytes of JSON (one outside the BMP, written as two \u escapes), and the chunk's other
+# fields take far less than 64 KiB: an event larger than that can only end as
+# output_too_large, so it is refused before it is held whole.
+JSON_BYTES_PER_CHAR: Final = 12
+EVENT_ENVELOPE_BYTES: Final = 65_536
+
+
+def max_event_bytes(max_output_chars: int) -> int:
+    """The largest SSE event of a stream whose answer may hold `max_output_chars`."""
+    return JSON_BYTES_PER_CHAR * max_output_chars + EVENT_ENVELOPE_BYTES
 
 
 class _SSEDecoder(SSEDecoder):
-    """The SDK's SSE decoder, dispatching only the events WHATWG dispatches.
+    """The SDK's SSE decoder, dispatching only the events WHATWG dispatches, and giving
+    up on an event larger than `max_event_bytes` before it holds it whole.
 
     WHATWG HTML 9.2.6, "dispatch the event": if the data buffer is empty, reset the
     event type and return. The SDK's decoder also dispatches when it has seen an `id:`
@@ -66,21 +80,80 @@ class _SSEDecoder(SSEDecoder):
     as JSON and fails. So a `retry: 3000` block before the data, or `: ping` comments
     after `id:` lines, failed a good answer as bad_response (openai/openai-python#2722,
     #3833). A `data:` line with nothing after it is still an event, and still not JSON.
+
+    The SDK's decoder has no size limit: it buffers a line until its end, then the
+    event's lines until a blank line, then joins and parses them. One `data:` line of
+    40 MB grew the peak RSS by 153 MiB before the output cap could see its text. Here the
+    bytes of the event so far (its finished lines, and the line still open) are counted
+    as each chunk arrives, and the stream fails as output_too_large once they pass the
+    bound: a chunk (64 KiB, the HTTP layer's read) past it at most.
     """
 
+    def __init__(self, max_output_chars: int) -> None:
+        self._max_output_chars = max_output_chars
+        self._max_event_bytes = max_event_bytes(max_output_chars)
+        self._held = 0  # bytes of the current event's finished lines
+        self._open = 0  # bytes of the line not yet ended
+        super().__init__()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._held = self._open = 0
+
+    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+        return super().iter_bytes(self._measure(chunk) for chunk in iterator)
+
+    def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+        return super().aiter_bytes(self._ameasure(iterator))
+
+    async def _ameasure(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in iterator:
+            yield self._measure(chunk)
+
+    def _measure(self, chunk: bytes) -> bytes:
+        """Count a chunk before the SDK's line splitter takes it."""
+        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if end >= 0:
+            # Lines end in this chunk: decode() counts them as it gets them (the SDK
+            # decodes a chunk's lines before it reads the next chunk).
+            self._open = len(chunk) - end - 1
+        else:
+            self._open += len(chunk)
+            self._check(self._held + self._open)
+        return chunk
+
     def decode(self, line: str) -> ServerSentEvent | None:
-        if not line and not self._data:
-            self._event = None
-            return None
+        if not line:
+            self._held = 0
+            if not self._data:
+                self._event = None
+                return None
+        else:
+            # Every line of the event counts, comments and other fields too: a bound on
+            # what it may be, not only on what the SDK keeps of it.
+            self._held += len(line.encode())
+            self._check(self._held)
         return super().decode(line)
+
+    def _check(self, size: int) -> None:
+        if size > self._max_event_bytes:
+            raise output_too_large(
+                f"an event of the model's stream passed {self._max_event_bytes:,} bytes, more"
+                f" than generation.max_output_chars ({self._max_output_chars:,}) can fill"
+            )
 
 
 class _AsyncOpenAI(openai.AsyncOpenAI):
+    def __init__(self, *, max_output_chars: int, **options: Any) -> None:
+        self._max_output_chars = max_output_chars
+        super().__init__(**options)
+
     # `_make_sse_decoder` is where the SDK lets a client choose its stream decoder
     # (the Protocol SSEBytesDecoder); the peer-shape tests in tests/test_openai_provider.py
-    # fail if a new SDK stops calling it.
+    # and the huge-line test in tests/test_model_bounds.py fail if a new SDK stops
+    # calling it.
     def _make_sse_decoder(self) -> SSEDecoder:
-        return _SSEDecoder()
+        return _SSEDecoder(self._max_output_chars)
 
 
 @dataclass
@@ -96,10 +169,11 @@ class _Attempt:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, settings: OpenAISettings, api_key: str) -> None:
+    def __init__(self, settings: OpenAISettings, api_key: str, *, max_output_chars: int) -> None:
         if not api_key:
             raise ValueError("the openai provider needs an API key")
         self.settings = settings
+        self._max_output_chars = max_output_chars
         self.model = settings.model
         self._api_key = api_key
         # Built once: loading the CA store costs 100-500 ms on this machine, which a
@@ -134,6 +208,7 @@ class OpenAIProvider:
         # a long generation that keeps streaming is never cut by it.
         timeout = self.settings.request_timeout_seconds
         return _AsyncOpenAI(
+            max_output_chars=self._max_output_chars,
             api_key=self._api_key,
             base_url=self.settings.base_url or None,
             timeout=timeout,
