@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
@@ -21,7 +22,23 @@ MAX_REQUEST_ID_CHARS: Final = 200
 MAX_URL_CHARS: Final = 4096
 DEFAULT_EVENTS_LIMIT: Final = 100
 MAX_EVENTS_LIMIT: Final = 1000
-IMAGE_URL_SCHEMES: Final = ("http://", "https://", "data:image/")
+WEB_URL_SCHEMES: Final = ("http://", "https://")
+DATA_IMAGE_PREFIX: Final = "data:image/"
+# The fields each body may hold: any other is refused, naming it, because a misspelt
+# optional field (`pipline`, `image_url`) ignored in silence is a request that did not do
+# what its sender meant. The description says so (additionalProperties: false).
+PROJECT_FIELDS: Final = frozenset({"name"})
+GENERATION_FIELDS: Final = frozenset({"prompt", "image_urls", "client_request_id"})
+# White space, spelt out: a text field that holds nothing else is refused, and
+# service/openapi.py puts the same characters in the description's pattern. `\s` would
+# not do: Python's (str.isspace, which strip() uses) and ECMA-262's, which JSON Schema
+# patterns follow, differ (U+001C-U+001F, U+0085 and U+FEFF).
+SPACES: Final = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+NOT_BLANK: Final = f"[^{SPACES}]"
+_NOT_BLANK: Final = re.compile(NOT_BLANK)
 
 routes = web.RouteTableDef()
 
@@ -34,7 +51,7 @@ def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def _json_body(request: web.Request, fields: frozenset[str]) -> dict[str, Any]:
     raw = await request.read()
     if not raw:
         return {}
@@ -44,20 +61,27 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise bad_request("body", f"not valid JSON ({exc})") from exc
     if not isinstance(body, dict):
         raise bad_request("body", "must be a JSON object")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise bad_request(unknown[0][:100], f"is not a field of this body (its fields: {known})")
     return body
 
 
-def _optional_str(body: dict[str, Any], field: str, limit: int) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
+def _text(value: Any, field: str, limit: int) -> str:
+    """A string with something besides white space, at most `limit` characters."""
     if not isinstance(value, str):
         raise bad_request(field, "must be a string")
-    if not value.strip():
-        raise bad_request(field, "must not be empty")
+    if not _NOT_BLANK.search(value):
+        raise bad_request(field, "must not be empty or only white space")
     if len(value) > limit:
         raise bad_request(field, f"must be at most {limit} characters")
     return value
+
+
+def _optional_text(body: dict[str, Any], field: str, limit: int) -> str | None:
+    # Absent is absent; null is a value of the wrong type (the description has no null).
+    return _text(body[field], field, limit) if field in body else None
 
 
 def _query_int(request: web.Request, name: str, default: int, maximum: int = MAX_INTEGER) -> int:
@@ -97,8 +121,8 @@ def _wants_stream(request: web.Request) -> bool:
 @routes.post("/api/projects")
 async def create_project(request: web.Request) -> web.Response:
     services = _services(request)
-    body = await _json_body(request)
-    name = _optional_str(body, "name", MAX_NAME_CHARS) or "Untitled project"
+    body = await _json_body(request, PROJECT_FIELDS)
+    name = _optional_text(body, "name", MAX_NAME_CHARS) or "Untitled project"
     project_id = new_id("prj")
 
     async def insert(tx: Tx, emit: Emit) -> None:
@@ -183,9 +207,9 @@ async def project_stream(request: web.Request) -> web.StreamResponse:
 
 
 def _image_urls(body: dict[str, Any], limit: int) -> list[str]:
-    value = body.get("image_urls")
-    if value is None:
+    if "image_urls" not in body:
         return []
+    value = body["image_urls"]
     if not isinstance(value, list):
         raise bad_request("image_urls", "must be a list of URLs")
     if len(value) > limit:
@@ -194,10 +218,12 @@ def _image_urls(body: dict[str, Any], limit: int) -> list[str]:
         field = f"image_urls[{index}]"
         if not isinstance(url, str):
             raise bad_request(field, "must be a string")
-        if len(url) > MAX_URL_CHARS and not url.startswith("data:image/"):
-            raise bad_request(field, f"must be at most {MAX_URL_CHARS} characters")
-        if not url.startswith(IMAGE_URL_SCHEMES):
+        if url.startswith(DATA_IMAGE_PREFIX):
+            continue  # an image inline: as long as the body allows
+        if not url.startswith(WEB_URL_SCHEMES):
             raise bad_request(field, "must be an http(s) URL or a data:image/ URL")
+        if len(url) > MAX_URL_CHARS:
+            raise bad_request(field, f"must be at most {MAX_URL_CHARS} characters")
     return value
 
 
@@ -206,14 +232,12 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     limits = services.settings.generation
     project_id = request.match_info["pid"]
-    body = await _json_body(request)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    body = await _json_body(request, GENERATION_FIELDS)
+    if "prompt" not in body:
         raise bad_request("prompt", "is required: a non-empty string")
-    if len(prompt) > limits.max_prompt_chars:
-        raise bad_request("prompt", f"must be at most {limits.max_prompt_chars} characters")
+    prompt = _text(body["prompt"], "prompt", limits.max_prompt_chars)
     image_urls = _image_urls(body, limits.max_image_urls)
-    request_id = _optional_str(body, "client_request_id", MAX_REQUEST_ID_CHARS)
+    request_id = _optional_text(body, "client_request_id", MAX_REQUEST_ID_CHARS)
     submission = await services.generations.submit(project_id, prompt, image_urls, request_id)
     generation = submission.generation
     if _wants_stream(request):

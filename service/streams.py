@@ -57,15 +57,12 @@ class StreamTarget:
 
 
 def parse_cursor(request: web.Request) -> int | None:
-    """Last-Event-ID, else ?last_event_id=; the header wins when both are there."""
-    raw = request.headers.get("Last-Event-ID")
-    field = "Last-Event-ID"
-    if raw is None:
-        raw = request.query.get(CURSOR_PARAM)
-        field = CURSOR_PARAM
-    if raw is None:
-        return None
-    return non_negative_int(raw, field)
+    """Last-Event-ID, else ?last_event_id=; the header wins when both are there, but
+    each is checked (a bad one is a 400 even beside a good one, as the API says)."""
+    query = request.query.get(CURSOR_PARAM)
+    cursor = None if query is None else non_negative_int(query, CURSOR_PARAM)
+    header = request.headers.get("Last-Event-ID")
+    return cursor if header is None else non_negative_int(header, "Last-Event-ID")
 
 
 class SendTimeout(ConnectionError):

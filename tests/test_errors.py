@@ -52,6 +52,18 @@ BAD_GENERATION_BODIES = [
     pytest.param(
         b'{"prompt": "x", "client_request_id": ""}', "client_request_id", id="request-id-empty"
     ),
+    # Accepted before (202): null was taken for absent, which the description did not say.
+    pytest.param(
+        b'{"prompt": "x", "client_request_id": null}', "client_request_id", id="request-id-null"
+    ),
+    pytest.param(b'{"prompt": null}', "prompt", id="prompt-null"),
+    pytest.param(b'{"prompt": "x", "image_urls": null}', "image_urls", id="images-null"),
+    # Accepted before, the misspelt field ignored: the generation ran without what it asked.
+    pytest.param(b'{"prompt": "x", "pipline": "page"}', "pipline", id="unknown-field"),
+    pytest.param(
+        b'{"prompt": "x", "image_url": "https://a/b.png"}', "image_url", id="unknown-field-typo"
+    ),
+    pytest.param(rb'{"prompt": "\u3000\u2028"}', "prompt", id="prompt-only-unicode-space"),
 ]
 
 
@@ -81,6 +93,9 @@ async def test_bad_generation_request_is_a_400_naming_the_field_and_writes_nothi
         pytest.param(b'{"name": 3}', "name", id="name-not-a-string"),
         pytest.param(b'{"name": "' + b"n" * 201 + b'"}', "name", id="name-too-long"),
         pytest.param(b"nope", "body", id="not-json"),
+        # Accepted before (201, "Untitled project").
+        pytest.param(b'{"name": null}', "name", id="name-null"),
+        pytest.param(b'{"name": "x", "colour": "red"}', "colour", id="unknown-field"),
     ],
 )
 async def test_bad_project_request_is_a_400(gs: Genstream, body: bytes, field: str) -> None:
@@ -105,6 +120,27 @@ async def test_bad_project_request_is_a_400(gs: Genstream, body: bytes, field: s
 async def test_bad_events_query_is_a_400(gs: Genstream, query: str, field: str) -> None:
     project_id = await gs.new_project()
     status, error = await raw_request(gs, "GET", f"/api/projects/{project_id}/events?{query}")
+    assert status == 400
+    assert error["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("query", "header", "field"),
+    [
+        pytest.param("last_event_id=x", "0", "last_event_id", id="bad-query-beside-a-header"),
+        pytest.param("last_event_id=0", "x", "Last-Event-ID", id="bad-header-beside-a-query"),
+        pytest.param("last_event_id=%205", None, "last_event_id", id="query-with-a-space"),
+    ],
+)
+async def test_bad_stream_cursor_is_a_400_even_beside_a_good_one(
+    gs: Genstream, query: str, header: str | None, field: str
+) -> None:
+    """Each cursor is checked: a bad ?last_event_id= was ignored when a Last-Event-ID
+    came too (a 200 stream), unlike what the description says."""
+    project_id = await gs.new_project()
+    headers = {} if header is None else {"Last-Event-ID": header}
+    path = f"/api/projects/{project_id}/stream?{query}"
+    status, error = await raw_request(gs, "GET", path, headers=headers)
     assert status == 400
     assert error["error"]["field"] == field
 
