@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -25,13 +26,14 @@ from service.events import now_ms
 from service.generation import Generations
 from service.journal import Emit, Journal
 from service.metrics import Gauges, Metrics
-from service.openapi import SPEC
+from service.openapi import describe
 from service.providers import make_provider
 from service.storage import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
+DESCRIPTION = web.AppKey("description", bytes)
 STATIC_DIR: Final = Path(__file__).parent / "static"
 # Routes EventSource opens: it cannot send headers, so these also take ?token=.
 TOKEN_QUERY_SUFFIXES: Final = ("/stream",)
@@ -191,7 +193,7 @@ async def metrics_page(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(SPEC)
+    return web.Response(body=request.app[DESCRIPTION], content_type="application/json")
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -210,6 +212,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[DESCRIPTION] = orjson.dumps(describe(settings))
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
     app.on_response_prepare.append(logs.echo_request_id)

@@ -1,130 +1,566 @@
-"""The API described in OpenAPI 3.1, served at /api/openapi.json (the fuzz tests read it)."""
+"""The API described in OpenAPI 3.2, served at /api/openapi.json.
+
+The description is what the server does, to the character: what it accepts, what it
+refuses with a 400, every status it answers, the shape of every body and of every event
+on a stream. Limits come from the settings and from the constants the handlers check
+(service/api.py, service/params.py), so the two cannot drift apart; and
+tests/test_openapi.py runs schemathesis against the real server with it.
+
+3.2, not 3.1: `itemSchema` is how 3.2 describes each event of a text/event-stream.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-_ERROR: Final = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+from service import events
+from service.api import (
+    DATA_IMAGE_PREFIX,
+    DEFAULT_EVENTS_LIMIT,
+    MAX_EVENTS_LIMIT,
+    MAX_NAME_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_URL_CHARS,
+    NOT_BLANK,
+    WEB_URL_SCHEMES,
+)
+from service.config import Settings
+from service.params import MAX_INTEGER, decimal_pattern
+from service.streams import CURSOR_PARAM
+
+Schema = dict[str, Any]
+
+VERSION: Final = "3.2.0"
+JSON: Final = "application/json"
+SSE: Final = "text/event-stream"
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _object(required: dict[str, Schema], **optional: Schema) -> Schema:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **optional},
+    }
+
+
+STRING: Final[Schema] = {"type": "string"}
+MILLIS: Final[Schema] = {"type": "integer", "description": "Unix time in milliseconds"}
+EVENT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+
+
+def _text(max_chars: int, what: str) -> Schema:
+    return {
+        "type": "string",
+        "maxLength": max_chars,
+        # Not only white space: the handlers' own check, the same characters (api.SPACES).
+        "pattern": NOT_BLANK,
+        "description": f"{what}; not empty, not only white space",
+    }
+
+
+def _image_url() -> Schema:
+    web_url = "|".join(scheme.removesuffix("://") for scheme in WEB_URL_SCHEMES)
+    return {
+        "type": "string",
+        "anyOf": [
+            {"pattern": f"^(?:{web_url})://", "maxLength": MAX_URL_CHARS},
+            {"pattern": f"^{DATA_IMAGE_PREFIX}"},
+        ],
+        "description": "an http(s) URL, or an image inline as a data:image/ URL",
+    }
+
+
+def _schemas(settings: Settings) -> dict[str, Schema]:
+    limits = settings.generation
+    error_detail = _object(
+        {"code": STRING, "message": STRING},
+        field={"type": "string", "description": "the input a 400 refused"},
+        generation_id={"type": "string", "description": "the generation a 409 is about"},
+    )
+    generation = _object(
+        {
+            "id": STRING,
+            "project_id": STRING,
+            "client_request_id": _nullable(STRING),
+            "prompt": STRING,
+            "image_urls": {"type": "array", "items": STRING},
+            "status": {"enum": ["pending", "running", "completed", "failed", "cancelled"]},
+            "stage": _nullable(STRING),
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "error": _nullable(
+                _object({"code": STRING, "message": STRING, "retryable": {"type": "boolean"}})
+            ),
+            "usage": _nullable({"type": "object"}),
+            "timings": _nullable({"type": "object"}),
+            "provider": STRING,
+            "model": STRING,
+            "user_message_id": STRING,
+            "assistant_message_id": STRING,
+            "first_event_id": EVENT_ID,
+            "created_at": MILLIS,
+            "started_at": _nullable(MILLIS),
+            "finished_at": _nullable(MILLIS),
         }
-    },
-}
-_CURSOR_HEADER: Final = {
-    "name": "Last-Event-ID",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "pattern": "^[0-9]+$"},
-}
-_CURSOR_QUERY: Final = {
-    "name": "last_event_id",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 0},
-}
-_TOKEN_QUERY: Final = {
-    "name": "token",
-    "in": "query",
-    "required": False,
-    "description": "the API token, for EventSource, which cannot set headers",
-    "schema": {"type": "string"},
-}
-
-
-def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def _op(summary: str, ok: str, *params: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        ok: {"description": summary},
-        "400": {"description": "bad input", **_json(_ERROR)},
-        "401": {"description": "missing or wrong token", **_json(_ERROR)},
-        "404": {"description": "unknown id", **_json(_ERROR)},
+    )
+    message = _object(
+        {
+            "id": STRING,
+            "project_id": STRING,
+            "generation_id": _nullable(STRING),
+            "role": {"enum": ["user", "assistant"]},
+            "status": {"enum": ["complete", "pending", "success", "error", "cancelled"]},
+            "content": STRING,
+            "created_at": MILLIS,
+            "updated_at": MILLIS,
+        }
+    )
+    file_fields: dict[str, Schema] = {
+        "path": STRING,
+        "size": {"type": "integer", "minimum": 0},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "generation_id": STRING,
+        "updated_at": MILLIS,
     }
-    return {"summary": summary, "parameters": list(params), "responses": responses, **extra}
-
-
-def _stream(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
-    op = _op(summary, "200", *params, _CURSOR_HEADER, _CURSOR_QUERY, _TOKEN_QUERY)
-    op["responses"]["200"] = {
-        "description": summary,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    event = _object(
+        {
+            "id": EVENT_ID,
+            "type": {"enum": sorted(events.ALL_TYPES)},
+            "project_id": STRING,
+            "generation_id": _nullable(STRING),
+            "ts": MILLIS,
+        },
+    )
+    event["description"] = (
+        "One stored event: these fields, then those of its type (message.delta: "
+        "message_id, delta; file.started: path, replaces; generation.failed: code, "
+        "message, retryable; see the README)."
+    )
+    return {
+        "Error": _object({"error": error_detail}),
+        "Project": _object(
+            {
+                "id": STRING,
+                "name": STRING,
+                "created_at": MILLIS,
+                "status": {"enum": ["idle", "generating"]},
+                "active_generation": _nullable(_ref("Generation")),
+                "last_event_id": EVENT_ID,
+            }
+        ),
+        "Generation": generation,
+        "Message": message,
+        "File": _object(file_fields),
+        "FileWithContent": _object({**file_fields, "content": STRING}),
+        "Event": event,
+        "StreamCursor": _object(
+            {"type": {"const": events.STREAM_CURSOR}, "last_event_id": EVENT_ID}
+        ),
+        "ProjectBody": {
+            **_object({}, name=_text(MAX_NAME_CHARS, "trimmed of white space when stored")),
+            "additionalProperties": False,
+        },
+        "GenerationBody": {
+            **_object(
+                {"prompt": _text(limits.max_prompt_chars, "the request to the model")},
+                image_urls={
+                    "type": "array",
+                    "maxItems": limits.max_image_urls,
+                    "items": _image_url(),
+                },
+                client_request_id=_text(
+                    MAX_REQUEST_ID_CHARS,
+                    "makes a retry safe: the same id and prompt answer with the generation "
+                    "the first made (202, created: false); the same id with another prompt "
+                    "or other images is a 409 client_request_id_reused",
+                ),
+            ),
+            "additionalProperties": False,
+        },
     }
-    op["responses"]["503"] = {"description": "too many open streams", **_json(_ERROR)}
-    return op
 
 
-_PROJECT_BODY: Final = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 200}},
-}
-_GENERATION_BODY: Final = {
-    "type": "object",
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {"type": "string", "minLength": 1},
-        "image_urls": {"type": "array", "items": {"type": "string"}},
-        "client_request_id": {"type": "string", "maxLength": 200},
+# -- parameters and answers ------------------------------------------------------------
+
+
+def _path(name: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": STRING}
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+CURSORS: Final = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "schema": {"type": "string", "pattern": decimal_pattern()},
+        "description": "resume after this event id (0 to 2^63-1); wins over the query",
     },
+    _query(CURSOR_PARAM, EVENT_ID, "resume after this event id, for a new EventSource"),
+]
+
+
+def _error(description: str) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def _ok(description: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _stream_ok() -> Schema:
+    data = {
+        "type": "string",
+        "contentMediaType": JSON,
+        "contentSchema": {"oneOf": [_ref("Event"), _ref("StreamCursor")]},
+    }
+    return {
+        "description": (
+            "Server-Sent Events: `retry:` and a `: connected` comment, then one frame per "
+            "event (`id:` its id, `event:` its type, `data:` its JSON on one line) and a "
+            "`: ping` comment on quiet stretches. A project stream without a cursor starts "
+            "with a stream.cursor frame; a generation stream ends after the generation's "
+            "terminal event."
+        ),
+        "content": {
+            SSE: {
+                "itemSchema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"enum": [*sorted(events.ALL_TYPES), events.STREAM_CURSOR]},
+                        "id": {"type": "string", "pattern": decimal_pattern()},
+                        "data": data,
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    }
+
+
+# The error answers an operation can give, by name: (status, when).
+_ERRORS: Final = {
+    "bad_input": ("400", "bad input: error.field names it"),
+    "unknown_id": ("404", "no such project, generation or file"),
+    "busy": (
+        "409",
+        "the project is busy with another generation (generation_running), or "
+        "client_request_id was used for another prompt (client_request_id_reused); "
+        "error.generation_id names the generation",
+    ),
+    "too_large": ("413", "the body is larger than server.max_body_bytes (body_too_large)"),
+    "write_refused": (
+        "503",
+        "the database refused the write (storage_unavailable) or the server is shutting "
+        "down (shutting_down)",
+    ),
+    "streams_busy": (
+        "503",
+        "too many open streams (too_many_streams, with Retry-After), or the database "
+        "refused to record the stream (storage_unavailable)",
+    ),
 }
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    ok: tuple[str, Schema],
+    *errors: str,
+    params: list[Schema] | None = None,
+    **extra: Any,
+) -> Schema:
+    responses = dict([ok])
+    for name in errors:
+        status, when = _ERRORS[name]
+        responses[status] = _error(when)
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "parameters": params or [],
+        "responses": responses,
+        **extra,
+    }
+
+
+def _read(op_id: str, summary: str, answer: Schema, *params: Schema) -> Schema:
+    """A GET of something under an id: the thing, or a 404."""
+    return _op(op_id, summary, ("200", answer), "unknown_id", params=list(params))
+
+
+def _stream(op_id: str, summary: str, id_param: Schema) -> Schema:
+    return _op(
+        op_id,
+        summary,
+        ("200", _stream_ok()),
+        "bad_input",
+        "unknown_id",
+        "streams_busy",
+        params=[id_param, *CURSORS],
+    )
+
+
+def _body(schema: str, *, required: bool, limit: int) -> Schema:
+    return {
+        "required": required,
+        "description": f"at most {limit} bytes",
+        "content": {JSON: {"schema": _ref(schema)}},
+    }
+
+
+def _link(op_id: str, **parameters: str) -> Schema:
+    """Where an answer's ids lead: the operation, and each parameter's runtime expression."""
+    return {"operationId": op_id, "parameters": parameters}
+
+
+def _array(name: str) -> Schema:
+    return {"type": "array", "items": _ref(name)}
+
 
 PID: Final = _path("pid")
 GID: Final = _path("gid")
+NEW_PROJECT: Final = "$response.body#/id"
+NEW_GENERATION: Final = "$response.body#/generation/id"
 
-SPEC: Final[dict[str, Any]] = {
-    "openapi": "3.1.0",
-    "info": {"title": "genstream", "version": "0.1.0"},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-    "security": [{"bearer": []}],
-    "paths": {
+
+def _project_paths(body_limit: int) -> dict[str, Any]:
+    created = {
+        **_ok("created", _ref("Project")),
+        "links": {
+            name: _link(op_id, pid=NEW_PROJECT)
+            for name, op_id in (
+                ("GetProject", "getProject"),
+                ("ListMessages", "listMessages"),
+                ("ListFiles", "listFiles"),
+                ("ListEvents", "listEvents"),
+                ("Submit", "submitGeneration"),
+            )
+        },
+    }
+    files = {
+        **_ok("files by path", _object({"files": _array("File")})),
+        "links": {
+            "GetFile": _link(
+                "getFile", pid="$request.path.pid", path="$response.body#/files/0/path"
+            )
+        },
+    }
+    page = _object(
+        {"events": _array("Event"), "last_event_id": EVENT_ID, "has_more": {"type": "boolean"}}
+    )
+    limit = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_EVENTS_LIMIT,
+        "default": DEFAULT_EVENTS_LIMIT,
+    }
+    return {
         "/api/projects": {
-            "get": _op("list projects", "200"),
+            "get": _op(
+                "listProjects",
+                "list projects",
+                ("200", _ok("projects", _object({"projects": _array("Project")}))),
+            ),
             "post": _op(
-                "create a project", "201", requestBody={"required": False, **_json(_PROJECT_BODY)}
+                "createProject",
+                "create a project",
+                ("201", created),
+                "bad_input",
+                "too_large",
+                "write_refused",
+                requestBody=_body("ProjectBody", required=False, limit=body_limit),
             ),
         },
-        "/api/projects/{pid}": {"get": _op("one project", "200", PID)},
-        "/api/projects/{pid}/messages": {"get": _op("the project's messages", "200", PID)},
-        "/api/projects/{pid}/files": {"get": _op("the project's files", "200", PID)},
+        "/api/projects/{pid}": {
+            "get": _read("getProject", "one project", _ok("it", _ref("Project")), PID)
+        },
+        "/api/projects/{pid}/messages": {
+            "get": _read(
+                "listMessages",
+                "the project's messages",
+                _ok("oldest first", _object({"messages": _array("Message")})),
+                PID,
+            )
+        },
+        "/api/projects/{pid}/files": {"get": _read("listFiles", "the project's files", files, PID)},
         "/api/projects/{pid}/files/{path}": {
-            "get": _op("one file with its content", "200", PID, _path("path"))
+            "get": _read(
+                "getFile",
+                "one file with its content",
+                _ok("it", _ref("FileWithContent")),
+                PID,
+                _path("path"),
+            )
         },
         "/api/projects/{pid}/events": {
             "get": _op(
+                "listEvents",
                 "the event log as JSON, for polling",
-                "200",
-                PID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ("200", _ok("a page of events in id order", page)),
+                "bad_input",
+                "unknown_id",
+                params=[
+                    PID,
+                    _query("after", EVENT_ID, "events with an id above this one"),
+                    _query("limit", limit, "at most this many events"),
+                ],
             )
         },
-        "/api/projects/{pid}/stream": {"get": _stream("the project's events as SSE", PID)},
-        "/api/projects/{pid}/generations": {
+        "/api/projects/{pid}/stream": {
+            "get": _stream("streamProject", "the project's events as SSE, then live", PID)
+        },
+    }
+
+
+def _generation_paths(body_limit: int) -> dict[str, Any]:
+    submitted = _object(
+        {
+            "generation": _ref("Generation"),
+            "user_message": _ref("Message"),
+            "assistant_message": _ref("Message"),
+            "stream_url": STRING,
+            "created": {"type": "boolean"},
+        }
+    )
+    accepted = {
+        **_ok("accepted: the generation runs (or waits for a slot) in the background", submitted),
+        "links": {
+            "GetGeneration": _link("getGeneration", gid=NEW_GENERATION),
+            "Cancel": _link("cancelGeneration", gid=NEW_GENERATION),
+            "Stream": _link("streamGeneration", gid=NEW_GENERATION),
+            "ListFiles": _link("listFiles", pid="$response.body#/generation/project_id"),
+        },
+    }
+    submit = _op(
+        "submitGeneration",
+        "submit a prompt: 202 with ids, or its stream with Accept: text/event-stream",
+        ("202", accepted),
+        "bad_input",
+        "unknown_id",
+        "busy",
+        "too_large",
+        "write_refused",
+        params=[PID],
+        requestBody=_body("GenerationBody", required=True, limit=body_limit),
+    )
+    submit["responses"]["200"] = _stream_ok()
+    return {
+        "/api/projects/{pid}/generations": {"post": submit},
+        "/api/generations/{gid}": {
+            "get": _read("getGeneration", "one generation", _ok("it", _ref("Generation")), GID)
+        },
+        "/api/generations/{gid}/cancel": {
             "post": _op(
-                "submit a prompt; 202 with ids, or the stream with Accept: text/event-stream",
-                "202",
-                PID,
-                requestBody={"required": True, **_json(_GENERATION_BODY)},
+                "cancelGeneration",
+                "cancel a generation (one that has ended is left as it is)",
+                ("200", _ok("its state after the cancel", _ref("Generation"))),
+                "unknown_id",
+                "write_refused",
+                params=[GID],
             )
         },
-        "/api/generations/{gid}": {"get": _op("one generation", "200", GID)},
-        "/api/generations/{gid}/cancel": {"post": _op("cancel a generation", "200", GID)},
-        "/api/generations/{gid}/stream": {"get": _stream("one generation's events as SSE", GID)},
-        "/api/connections": {"get": _op("open streams, counted per key", "200")},
-        "/api/openapi.json": {"get": _op("this description", "200")},
-        "/healthz": {"get": {"summary": "liveness", "security": [], "responses": {"200": {}}}},
-        "/metrics": {"get": {"summary": "Prometheus text metrics", "responses": {"200": {}}}},
-    },
-}
+        "/api/generations/{gid}/stream": {
+            "get": _stream("streamGeneration", "one generation's events as SSE, to its end", GID)
+        },
+    }
+
+
+def _service_paths() -> dict[str, Any]:
+    counts = _object(
+        {
+            "total": {"type": "integer", "minimum": 0},
+            "by_key": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        }
+    )
+    return {
+        "/api/connections": {
+            "get": _op("listConnections", "open streams, per key", ("200", _ok("counts", counts)))
+        },
+        "/api/openapi.json": {
+            "get": _op("describe", "this description", ("200", _ok("it", {"type": "object"})))
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "liveness",
+                "security": [],
+                "responses": {
+                    "200": _ok("serving", _object({"status": {"const": "ok"}})),
+                    "503": _ok("shutting down", _object({"status": {"const": "stopping"}})),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text metrics",
+                "responses": {
+                    "200": {
+                        "description": "the text exposition format",
+                        "content": {"text/plain": {"schema": STRING}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The description of the API as this server runs it. The token, when one is set,
+    guards every route but /healthz: as a bearer token, or as ?token= on the streams
+    (EventSource cannot set headers); with none set, no route declares it."""
+    body_limit = settings.server.max_body_bytes
+    spec: dict[str, Any] = {
+        "openapi": VERSION,
+        "info": {
+            "title": "genstream",
+            "version": "0.1.0",
+            "description": (
+                'Every error is {"error": {"code", "message"}}. A body with a field it '
+                "does not describe is refused with a 400 naming the field, and null is not "
+                "a value of an optional field: leave the field out. A request HTTP cannot "
+                "parse is a 400 malformed_request."
+            ),
+        },
+        "components": {"schemas": _schemas(settings)},
+        "paths": {
+            **_project_paths(body_limit),
+            **_generation_paths(body_limit),
+            **_service_paths(),
+        },
+    }
+    if settings.auth.token:
+        _guard(spec)
+    return spec
+
+
+def _guard(spec: dict[str, Any]) -> None:
+    """Declare the token, and its 401, on every route it guards."""
+    spec["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "query_token": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": "for EventSource, which cannot set headers: streams only",
+        },
+    }
+    spec["security"] = [{"bearer": []}]
+    unauthorized = _error("missing or wrong token (unauthorized)")
+    for path, methods in spec["paths"].items():
+        for op in methods.values():
+            if op.get("security") == []:
+                continue
+            op["responses"]["401"] = unauthorized
+            if path.endswith("/stream"):
+                op["security"] = [{"bearer": []}, {"query_token": []}]
