@@ -63,7 +63,7 @@ class ServerSettings:
 class StorageSettings:
     path: str = "data/genstream.db"
     busy_timeout_ms: int = 5000
-    readers: int = 2
+    readers: int = 1
     retention_events_per_project: int = 100_000
     retention_days: float = 0.0
     retention_interval_seconds: float = 600.0

@@ -246,7 +246,7 @@ class Storage:
         self._known_projects: set[str] = set()
 
     @classmethod
-    async def open(cls, path: str, busy_timeout_ms: int = 5000, readers: int = 2) -> Storage:
+    async def open(cls, path: str, busy_timeout_ms: int = 5000, readers: int = 1) -> Storage:
         try:
             return await cls._open(path, busy_timeout_ms, readers)
         except (sqlite3.Error, OSError) as exc:
