@@ -21,7 +21,7 @@ from aiohttp import web
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK: Final = "127.0.0.1"
-# Same listen backlog as service/server.py, so a thousand connects in a burst are not
+# Same listen backlog as service/web/server.py, so a thousand connects in a burst are not
 # dropped by any of the servers.
 BACKLOG: Final = 2048
 EVENT_TYPE: Final = "message.delta"
@@ -36,7 +36,7 @@ PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (the `bench` extra), the same for every process measured,
-    as service.server.loop_factory gives `genstream serve`. Not imported from there: the
+    as service.web.server.loop_factory gives `genstream serve`. Not imported from there: the
     references must not load genstream's modules (their memory is measured)."""
     try:
         uvloop = importlib.import_module("uvloop")

@@ -19,10 +19,10 @@ import orjson
 
 from bench import common
 from bench.load import percentile
-from service.broker import Broker
-from service.events import MESSAGE_DELTA, Draft
-from service.journal import Journal
-from service.storage import Storage
+from service.eventlog.broker import Broker
+from service.eventlog.event import MESSAGE_DELTA, Draft
+from service.eventlog.journal import Journal
+from service.storage.sqlite import Storage
 
 TOPIC = "prj_bench"
 

@@ -17,11 +17,11 @@ import orjson
 from aiohttp import web
 
 from bench import common
-from service.app import create_app
 from service.config import Settings
-from service.context import SERVICES
-from service.events import MESSAGE_DELTA, Draft, Event, seal
-from service.server import settle_heap, start
+from service.eventlog.event import MESSAGE_DELTA, Draft, Event, seal
+from service.web.app import create_app
+from service.web.context import SERVICES
+from service.web.server import settle_heap, start
 
 # The references buffer a burst without bound; genstream's per-subscriber buffer is given
 # room for the whole burst so that the flood measures speed, not the slow-client cut-off.

@@ -4,8 +4,8 @@
 `UnsafePath` saying why. It never turns a bad path into another name; the one
 rewrite is dropping a leading `./` (any number of them), which names the same file.
 
-The server checks every path the model names (service/parser.py), and `genstream
-generate --out` checks again before it writes (service/outdir.py): one check, here.
+The server checks every path the model names (service/generation/parser.py), and `genstream
+generate --out` checks again before it writes (service/client/outdir.py): one check, here.
 Besides what could escape the directory, it refuses what would mislead a person
 reading the name (bidi controls, invisible characters, line separators) and the
 `.git` directory, whose hooks git runs.
@@ -43,7 +43,7 @@ _BIDI_CONTROLS: Final = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 # The character a decoder puts where text was not valid Unicode: the model's text held
-# a lone surrogate here (service/text.py), so this is not the name it sent.
+# a lone surrogate here (service/generation/text.py), so this is not the name it sent.
 _REPLACEMENT: Final = "\ufffd"
 
 

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from service.config import Settings
-from service.context import SERVICES, Services
-from service.server import RunningServer, start
+from service.web.context import SERVICES, Services
+from service.web.server import RunningServer, start
 
 LOOPBACK = "127.0.0.1"
 

@@ -86,12 +86,17 @@ def server_env(tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def server_process(
-    tmp_path: Path, *, port: int = 0, wrapper: Sequence[str] = (), **settings: str
+    tmp_path: Path,
+    *,
+    port: int = 0,
+    wrapper: Sequence[str] = (),
+    command: Sequence[str] = ("serve",),
+    **settings: str,
 ) -> AsyncIterator[ServerProcess]:
-    """Start a server (under `wrapper`, a command that runs the one after it), wait until
-    /healthz answers, and kill it at the end if still alive. `port`: 0 for a free one, or a
-    stopped server's port to restart it where its clients were (same `tmp_path`: same
-    database)."""
+    """Start a server (`python -m service serve`, under `wrapper`, a command that runs the
+    one after it), wait until /healthz answers, and kill it at the end if still alive.
+    `port`: 0 for a free one, or a stopped server's port to restart it where its clients
+    were (same `tmp_path`: same database)."""
     port = port or free_port()
     env = server_env(tmp_path, port, **settings)
     process = await asyncio.create_subprocess_exec(
@@ -99,7 +104,7 @@ async def server_process(
         sys.executable,
         "-m",
         "service",
-        "serve",
+        *command,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -19,8 +19,8 @@ from typing import Final
 
 import orjson
 
-from service import events as ev
-from service.server import start
+from service.eventlog import event as ev
+from service.web.server import start
 from tests.conftest import LOOPBACK, base_settings, client_session
 from tests.proxies import BINARIES, Kind, recipe, run_proxy
 from tests.sse_reader import SSEReader

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.app import create_app
 from service.config import ConfigError, Settings
-from service.server import check_exposure
+from service.web.app import create_app
+from service.web.server import check_exposure
 from tests.conftest import MakeServer
 from tests.process import run_to_exit
 

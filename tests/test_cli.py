@@ -14,12 +14,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service import cli
-from service import events as ev
-from service.outdir import write_file
+import service.__main__ as genstream_command
+from service.client import cli
+from service.client.outdir import write_file
+from service.client.terminal import LiveDisplay, PlainDisplay
+from service.eventlog import event as ev
 from service.paths import UnsafePath
-from service.terminal import LiveDisplay, PlainDisplay
 from tests.conftest import Genstream, MakeServer
+from tests.process import server_process
 
 TIMEOUT = 30.0
 ESC = "\x1b"
@@ -107,9 +109,22 @@ def tree(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("command", ["serve", "new", "generate", "tail", "status"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main([command, "--help"])
+        genstream_command.main([command, "--help"])
     assert exited.value.code == 0
     assert f"usage: genstream {command}" in capsys.readouterr().out
+
+
+def test_genstream_with_no_command_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        genstream_command.main([])
+    assert exited.value.code == 2
+    assert "usage: genstream" in capsys.readouterr().err
+
+
+async def test_python_m_service_with_no_command_starts_the_server(tmp_path: Path) -> None:
+    # SPEC: `python -m service` starts the server, as `genstream serve` does.
+    async with server_process(tmp_path, command=()) as server:
+        assert (await server.json("GET", "/healthz"))["status"] == "ok"
 
 
 async def test_new_prints_the_project_id(gs: Genstream) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from service import events as ev
-from service.client import Backoff, Event, GenstreamClient, GenstreamError
+from service.client.api import Backoff, Event, GenstreamClient, GenstreamError
+from service.eventlog import event as ev
 from tests.conftest import Genstream, MakeServer
 from tests.proxy import Faults, faulty_proxy
 

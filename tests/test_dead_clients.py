@@ -12,8 +12,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 
-from service import events as ev
-from service.events import Draft
+from service.eventlog import event as ev
+from service.eventlog.event import Draft
 from tests.conftest import LOOPBACK, Genstream, MakeServer
 from tests.test_streams import open_streams, session_reasons, wait_until
 

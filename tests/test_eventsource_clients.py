@@ -25,7 +25,7 @@ import pytest
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.browser import chromium, requires_chromium
 from tests.process import ServerProcess, server_process
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.conftest import Genstream, MakeServer
 from tests.sse_reader import SSEReader
 

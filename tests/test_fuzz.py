@@ -17,9 +17,9 @@ from urllib.parse import quote, urlencode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.app import create_app
 from service.config import Settings
-from service.openapi import describe
+from service.web.app import create_app
+from service.web.openapi import describe
 from tests.conftest import LOOPBACK, MakeServer
 
 TOKEN = "fuzz-token"

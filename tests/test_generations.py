@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service import events as ev
-from service.journal import Emit
-from service.storage import Tx
+from service.eventlog import event as ev
+from service.eventlog.journal import Emit
+from service.storage.sqlite import Tx
 from tests.conftest import Genstream, MakeServer, client_session
 from tests.sse_reader import SSEReader
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from service import events as ev
-from service.broker import Broker
-from service.events import Draft
-from service.journal import Emit, Journal
-from service.storage import Storage, Tx
+from service.eventlog import event as ev
+from service.eventlog.broker import Broker
+from service.eventlog.event import Draft
+from service.eventlog.journal import Emit, Journal
+from service.storage.sqlite import Storage, Tx
 
 PROJECT = "prj_journal"
 

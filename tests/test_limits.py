@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import events as ev
-from service import retention
+from service.eventlog import event as ev
+from service.eventlog import retention
 from tests.conftest import Genstream, MakeServer
 from tests.sse_reader import SSEReader
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader
 

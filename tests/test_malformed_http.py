@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from service.config import Settings
-from service.server import start
+from service.web.server import start
 from tests.conftest import LOOPBACK, Genstream
 from tests.test_errors import snapshot
 

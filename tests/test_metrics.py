@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.conftest import Genstream
 from tests.process import server_process
 from tests.sse_reader import SSEReader

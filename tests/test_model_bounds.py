@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.common import peak_rss_bytes, reset_peak_rss
-from service import events as ev
-from service.prompts import SYSTEM_PROMPT, build_messages, request_text, select_files
-from service.providers.base import ModelRequest
-from service.storage import FileRecord
+from service.eventlog import event as ev
+from service.generation.prompts import SYSTEM_PROMPT, build_messages, request_text, select_files
+from service.generation.providers.base import ModelRequest
+from service.storage.sqlite import FileRecord
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
     MODEL,

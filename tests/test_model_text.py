@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from service import events as ev
-from service.events import Draft
-from service.terminal import shown
+from service.client.terminal import shown
+from service.eventlog import event as ev
+from service.eventlog.event import Draft
 from tests import test_openai_provider
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (

@@ -14,14 +14,14 @@ from typing import Any
 import orjson
 import pytest
 
-from service import events as ev
 from service.config import ConfigError, Settings, load
-from service.prompts import SYSTEM_PROMPT, build_messages, file_rank, select_files
-from service.providers import make_provider
-from service.providers.base import ModelRequest
-from service.providers.offline import OfflineProvider
-from service.providers.openai_provider import OpenAIProvider
-from service.storage import FileRecord
+from service.eventlog import event as ev
+from service.generation.prompts import SYSTEM_PROMPT, build_messages, file_rank, select_files
+from service.generation.providers import make_provider
+from service.generation.providers.base import ModelRequest
+from service.generation.providers.offline import OfflineProvider
+from service.generation.providers.openai_provider import OpenAIProvider
+from service.storage.sqlite import FileRecord
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
     LITELLM,

@@ -15,11 +15,12 @@ import schemathesis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import api, events
 from service.config import Settings
 from service.errors import ApiError
-from service.openapi import describe
-from service.params import MAX_INTEGER, decimal_pattern, non_negative_int
+from service.eventlog import event as events
+from service.web import api
+from service.web.openapi import describe
+from service.web.params import MAX_INTEGER, decimal_pattern, non_negative_int
 from tests.conftest import MakeServer
 
 TOKEN = "openapi-token"

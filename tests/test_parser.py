@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.parser import (
+from service.generation.parser import (
     MAX_TAG_LINE,
     FileCompleted,
     FileDelta,

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import hdrs
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.conftest import Genstream, MakeServer
 from tests.proxies import (
     BINARIES,

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
 from tests.proxies import BINARIES, OPENSSL, Kind, make_certificate, run_proxy

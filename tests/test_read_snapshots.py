@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from service import events as ev
-from service.broker import Broker
-from service.events import Draft, Event
-from service.journal import Emit, Journal
-from service.storage import Storage, Tx
+from service.eventlog import event as ev
+from service.eventlog.broker import Broker
+from service.eventlog.event import Draft, Event
+from service.eventlog.journal import Emit, Journal
+from service.storage.sqlite import Storage, Tx
 
 PROJECT = "prj_snapshots"
 GENERATION = "gen_snapshots"

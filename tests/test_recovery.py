@@ -7,7 +7,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.conftest import MakeServer
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import Frame, SSEReader

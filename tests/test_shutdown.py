@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from service import events as ev
-from service.server import EXIT_FORCED
+from service.eventlog import event as ev
+from service.web.server import EXIT_FORCED
 from tests.conftest import Genstream, MakeServer
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader

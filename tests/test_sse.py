@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import sse
-from service.events import ALL_TYPES
+from service.eventlog import sse
+from service.eventlog.event import ALL_TYPES
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.sse_parser import Message, SSEParser
+from service.client.sse_parser import Message, SSEParser
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service import events as ev
+from service.eventlog import event as ev
 from tests.conftest import MakeServer
 from tests.process import run_to_exit, server_process
 from tests.sse_reader import Frame, SSEReader

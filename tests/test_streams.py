@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import events as ev
-from service.events import Draft
+from service.eventlog import event as ev
+from service.eventlog.event import Draft
 from tests.conftest import LOOPBACK, Genstream, MakeServer
 from tests.sse_reader import SSEReader
 

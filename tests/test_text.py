@@ -1,4 +1,4 @@
-"""service/text.py: the model's text made valid Unicode, whatever the chunk boundaries."""
+"""service/generation/text.py: the model's text made valid Unicode, whatever the chunks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.providers.base import Chunk, Usage
-from service.text import REPLACEMENT, SurrogateJoiner, valid, whole_characters
+from service.generation.providers.base import Chunk, Usage
+from service.generation.text import REPLACEMENT, SurrogateJoiner, valid, whole_characters
 
 SMILE = "\U0001f600"
 HIGH, LOW = "\ud83d", "\ude00"  # SMILE's pair, as two JSON escapes decode

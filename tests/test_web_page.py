@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from service.broker import Closed
+from service.eventlog.broker import Closed
 from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
 from tests.proxies import BINARIES, Kind, run_proxy

@@ -15,20 +15,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from service import logs, metrics, retention
-from service.api import json_response, routes
-from service.broker import Broker, Closed
+from service import logs
 from service.config import Settings
-from service.connections import Connections
-from service.context import SERVICES, Services
 from service.errors import ApiError, malformed_request
-from service.events import now_ms
-from service.generation import Generations
-from service.journal import Emit, Journal
-from service.metrics import Gauges, Metrics
-from service.openapi import describe
-from service.providers import make_provider
-from service.storage import Storage, StorageError, Tx
+from service.eventlog import retention
+from service.eventlog.broker import Broker, Closed
+from service.eventlog.event import now_ms
+from service.eventlog.journal import Emit, Journal
+from service.generation.lifecycle import Generations
+from service.generation.providers import make_provider
+from service.storage.sqlite import Storage, StorageError, Tx
+from service.web import metrics
+from service.web.api import json_response, routes
+from service.web.connections import Connections
+from service.web.context import SERVICES, Services
+from service.web.metrics import Gauges, Metrics
+from service.web.openapi import describe
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc)
     except (RequestPayloadError, HttpProcessingError) as exc:
         # A body aiohttp's parser could not read: it does not decode (Content-Encoding:
-        # gzip over garbage), or its chunking broke (service/server.py). Ended here, or
+        # gzip over garbage), or its chunking broke (service/web/server.py). Ended here, or
         # aiohttp's lingering read after the answer would raise it again, with a
         # traceback; and the connection closes, as the rest of it cannot be parsed.
         request.content.feed_eof()

@@ -3,7 +3,7 @@
 The description is what the server does, to the character: what it accepts, what it
 refuses with a 400, every status it answers, the shape of every body and of every event
 on a stream. Limits come from the settings and from the constants the handlers check
-(service/api.py, service/params.py), so the two cannot drift apart; and
+(service/web/api.py, service/web/params.py), so the two cannot drift apart; and
 tests/test_openapi.py runs schemathesis against the real server with it.
 
 3.2, not 3.1: `itemSchema` is how 3.2 describes each event of a text/event-stream.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from service import events
-from service.api import (
+from service.config import Settings
+from service.eventlog import event as events
+from service.web.api import (
     DATA_IMAGE_PREFIX,
     DEFAULT_EVENTS_LIMIT,
     MAX_EVENTS_LIMIT,
@@ -24,9 +25,8 @@ from service.api import (
     NOT_BLANK,
     WEB_URL_SCHEMES,
 )
-from service.config import Settings
-from service.params import MAX_INTEGER, decimal_pattern
-from service.streams import CURSOR_PARAM
+from service.web.params import MAX_INTEGER, decimal_pattern
+from service.web.streams import CURSOR_PARAM
 
 Schema = dict[str, Any]
 

@@ -38,8 +38,14 @@ from openai._streaming import ServerSentEvent, SSEDecoder
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from service.config import OpenAISettings
-from service.prompts import build_messages
-from service.providers.base import Chunk, ModelRequest, ProviderError, Usage, output_too_large
+from service.generation.prompts import build_messages
+from service.generation.providers.base import (
+    Chunk,
+    ModelRequest,
+    ProviderError,
+    Usage,
+    output_too_large,
+)
 
 # A server asking for a longer wait than this is not waited for: the generation
 # fails as rate_limited (retryable), and the user decides when to submit again.

@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from service import events as ev
-from service import logs, pipeline
+from service import logs
 from service.config import GenerationSettings
 from service.errors import ApiError, not_found
-from service.events import Draft, now_ms
-from service.journal import Emit, Journal
-from service.metrics import Metrics
-from service.parser import (
+from service.eventlog import event as ev
+from service.eventlog.event import Draft, now_ms
+from service.eventlog.journal import Emit, Journal
+from service.generation import pipeline
+from service.generation.parser import (
     FileCompleted,
     FileDelta,
     FileRejected,
@@ -34,12 +34,13 @@ from service.parser import (
     OutputParser,
     TextDelta,
 )
-from service.pipeline import Stage
-from service.providers.base import ModelRequest, Provider, ProviderError, Usage
-from service.providers.base import output_too_large as _too_large
-from service.storage import ACTIVE_STATUSES, FileRecord, Storage, Tx
-from service.text import whole_characters
-from service.validation import check_file
+from service.generation.pipeline import Stage
+from service.generation.providers.base import ModelRequest, Provider, ProviderError, Usage
+from service.generation.providers.base import output_too_large as _too_large
+from service.generation.text import whole_characters
+from service.generation.validation import check_file
+from service.storage.sqlite import ACTIVE_STATUSES, FileRecord, Storage, Tx
+from service.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from service import sse
-from service.broker import Closed, Subscriber
-from service.context import Services
-from service.events import Event, cursor_frame, now_ms
-from service.journal import Emit, TxFunction
-from service.metrics import Metrics
-from service.params import non_negative_int
-from service.storage import ACTIVE_STATUSES, Tx
+from service.eventlog import sse
+from service.eventlog.broker import Closed, Subscriber
+from service.eventlog.event import Event, cursor_frame, now_ms
+from service.eventlog.journal import Emit, TxFunction
+from service.storage.sqlite import ACTIVE_STATUSES, Tx
+from service.web.context import Services
+from service.web.metrics import Metrics
+from service.web.params import non_negative_int
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from service.context import SERVICES, Services
 from service.errors import ApiError, bad_request, not_found
-from service.events import now_ms
-from service.generation import new_id
-from service.journal import Emit
-from service.params import MAX_INTEGER, non_negative_int
-from service.storage import Tx
-from service.streams import StreamTarget, parse_cursor, stream
+from service.eventlog.event import now_ms
+from service.eventlog.journal import Emit
+from service.generation.lifecycle import new_id
+from service.storage.sqlite import Tx
+from service.web.context import SERVICES, Services
+from service.web.params import MAX_INTEGER, non_negative_int
+from service.web.streams import StreamTarget, parse_cursor, stream
 
 MAX_NAME_CHARS: Final = 200
 MAX_REQUEST_ID_CHARS: Final = 200
@@ -30,7 +30,7 @@ DATA_IMAGE_PREFIX: Final = "data:image/"
 PROJECT_FIELDS: Final = frozenset({"name"})
 GENERATION_FIELDS: Final = frozenset({"prompt", "image_urls", "client_request_id"})
 # White space, spelt out: a text field that holds nothing else is refused, and
-# service/openapi.py puts the same characters in the description's pattern. `\s` would
+# service/web/openapi.py puts the same characters in the description's pattern. `\s` would
 # not do: Python's (str.isspace, which strip() uses) and ECMA-262's, which JSON Schema
 # patterns follow, differ (U+001C-U+001F, U+0085 and U+FEFF).
 SPACES: Final = (

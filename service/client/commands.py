@@ -17,11 +17,11 @@ from typing import Any, Final, TextIO, TypeVar
 
 import orjson
 
-from service import events as ev
-from service.client import Backoff, Event, GenstreamClient, GenstreamError
-from service.outdir import write_file
+from service.client.api import Backoff, Event, GenstreamClient, GenstreamError
+from service.client.outdir import write_file
+from service.client.terminal import Display, printable, shown
+from service.eventlog import event as ev
 from service.paths import UnsafePath, check_path
-from service.terminal import Display, printable, shown
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the generation failed, or the API said no

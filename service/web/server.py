@@ -16,9 +16,9 @@ from typing import Final
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
-from service.app import create_app, error_response
 from service.config import ConfigError, Settings
 from service.errors import ApiError, malformed_request
+from service.web.app import create_app, error_response
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from service.broker import Broker
 from service.errors import ApiError
-from service.events import Draft, Event, seal
-from service.storage import Storage, StorageError, Tx
+from service.eventlog.broker import Broker
+from service.eventlog.event import Draft, Event, seal
+from service.storage.sqlite import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from service.storage import FileRecord
+from service.storage.sqlite import FileRecord
 
 
 @dataclass(frozen=True, slots=True)

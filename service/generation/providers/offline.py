@@ -1,7 +1,7 @@
 """The built-in provider: no network, deterministic, writes a small real project.
 
 `render` picks a project template by keywords in the prompt and writes it in the
-output format of service.parser: a short chat answer, the files, a closing line.
+output format of service.generation.parser: a short chat answer, the files, a closing line.
 `OfflineProvider.stream` sends that text in ~4-character tokens at a steady rate.
 
 The prompt is untrusted: it reaches the files only as one line with no `<` or `>`
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from string import Template
 from typing import Final
 
+from service.generation.providers.base import Chunk, ModelRequest, Usage
 from service.paths import UnsafePath, check_path
-from service.providers.base import Chunk, ModelRequest, Usage
 
 # Like a model's tokens: a few word characters or symbols, with the whitespace before
 # them. Every character falls in one alternative, so the tokens join back to the text.

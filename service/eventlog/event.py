@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import orjson
 
-from service import sse
+from service.eventlog import sse
 
 MESSAGE_CREATED: Final = "message.created"
 MESSAGE_DELTA: Final = "message.delta"

@@ -1,5 +1,5 @@
 """Request parameters that are numbers: one parser, one error, whatever the route; and
-the regular expression that says the same in the API's description (service/openapi.py)."""
+the regular expression that says the same in the API's description (service/web/openapi.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from service.events import Event
+from service.eventlog.event import Event
 
 
 class Closed(Enum):

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from service.config import ConfigError, Settings
-from service.providers.base import Provider
-from service.providers.offline import OfflineProvider
+from service.generation.providers.base import Provider
+from service.generation.providers.offline import OfflineProvider
 
 # The key is read from the environment only, so no config file can leak it.
 API_KEY_VARIABLE: Final = "OPENAI_API_KEY"
@@ -30,8 +30,8 @@ def make_provider(settings: Settings, environ: Mapping[str, str] | None = None) 
                 "(any non-empty value for a local server such as Ollama)"
             )
         # Imported here: the openai SDK is slow to import and only this provider needs
-        # it; and service.prompts (which it imports) imports this package's base.
-        from service.providers.openai_provider import OpenAIProvider
+        # it; and service.generation.prompts (which it imports) imports this package's base.
+        from service.generation.providers.openai_provider import OpenAIProvider
 
         # The output cap also bounds one event of its stream (openai_provider._SSEDecoder).
         return OpenAIProvider(

@@ -25,8 +25,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from service.events import STREAM_CURSOR, TERMINAL_TYPES
-from service.sse_parser import Message, SSEParser
+from service.client.sse_parser import Message, SSEParser
+from service.eventlog.event import STREAM_CURSOR, TERMINAL_TYPES
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
 ACTIVE_STATUSES: Final = frozenset({"pending", "running"})

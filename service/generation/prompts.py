@@ -1,6 +1,6 @@
 """What a chat model is told: the system prompt and the messages of one request.
 
-The system prompt asks for the output format service.parser reads (a `<file path>`
+The system prompt asks for the output format service.generation.parser reads (a `<file path>`
 block per file). `build_messages` turns a ModelRequest into chat-completions
 messages: the system prompt, earlier turns, then the request with the project's
 current files and its images as image content parts.
@@ -24,8 +24,8 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
-from service.providers.base import ModelRequest
-from service.storage import FileRecord
+from service.generation.providers.base import ModelRequest
+from service.storage.sqlite import FileRecord
 
 SYSTEM_PROMPT: Final = """\
 You are genstream, a code generator. You answer each request with a short chat reply \

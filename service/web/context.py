@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from service.broker import Broker
 from service.config import Settings
-from service.connections import Connections
-from service.journal import Journal
-from service.metrics import Metrics
-from service.storage import Storage
+from service.eventlog.broker import Broker
+from service.eventlog.journal import Journal
+from service.storage.sqlite import Storage
+from service.web.connections import Connections
+from service.web.metrics import Metrics
 
 if TYPE_CHECKING:
-    from service.generation import Generations
+    from service.generation.lifecycle import Generations
 
 
 @dataclass

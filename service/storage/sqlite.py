@@ -22,7 +22,7 @@ from typing import Any, Final
 import aiosqlite
 import orjson
 
-from service.events import Event, from_row, now_ms
+from service.eventlog.event import Event, from_row, now_ms
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import AsyncGenerator
 from typing import Final
 
-from service.providers.base import Chunk
+from service.generation.providers.base import Chunk
 
 REPLACEMENT: Final = "\ufffd"
 _HIGH_SURROGATES: Final = range(0xD800, 0xDC00)

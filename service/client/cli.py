@@ -1,46 +1,21 @@
-"""The `genstream` command."""
+"""The `genstream` command's client side: new, generate, tail, status (service/__main__.py
+adds `serve`)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
-from service import commands as subcommands
-from service import config, logs, server
-from service.client import DEFAULT_URL
-from service.storage import StorageError
-from service.terminal import make_display
+from service.client import commands as subcommands
+from service.client.api import DEFAULT_URL
+from service.client.terminal import make_display
 
 URL_ENV = "GENSTREAM_URL"
 TOKEN_ENV = "GENSTREAM_TOKEN"
-
-
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load(args.config)
-    except config.ConfigError as exc:
-        print(f"genstream: {exc}", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        settings = settings.replace(server=overrides)
-    logs.configure(settings.log)
-    try:
-        with asyncio.Runner(loop_factory=server.loop_factory()) as runner:
-            runner.run(server.serve(settings))
-    except config.ConfigError as exc:
-        print(f"genstream: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, StorageError) as exc:
-        logging.getLogger("genstream").error("cannot serve: %s", exc)
-        print(f"genstream: cannot serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -96,19 +71,22 @@ def _client_options() -> argparse.ArgumentParser:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def build_parser(
+    add_commands: Sequence[Callable[[SubParsers], None]] = (),
+) -> argparse.ArgumentParser:
+    """The client's commands, and any others given (the server adds `serve`)."""
     parser = argparse.ArgumentParser(prog="genstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--config", help="settings file (default: the repo's config.toml)")
-    serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
-    serve.set_defaults(func=_serve)
+    for add in add_commands:
+        add(commands)
     _add_client_commands(commands)
     return parser
 
 
-def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_client_commands(commands: SubParsers) -> None:
     client = [_client_options()]
     new = commands.add_parser(
         "new", parents=client, help="create a project and print its id", description=_NEW_HELP
@@ -166,11 +144,9 @@ _TAIL_HELP = "Follow a project's events as they happen, resuming by itself; Ctrl
 _STATUS_HELP = "Show a project: its status, the running generation, its files."
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, add_commands: Sequence[Callable[[SubParsers], None]] = ()
+) -> int:
+    args = build_parser(add_commands).parse_args(argv)
     code: int = args.func(args)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

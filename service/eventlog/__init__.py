@@ -1,0 +1,1 @@
+"""The event log: an event and its SSE frame, the journal, the broker, retention."""

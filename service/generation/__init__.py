@@ -1,0 +1,1 @@
+"""Generations: the lifecycle, a run's pipeline, parser, validation, providers."""

@@ -1,0 +1,1 @@
+"""Storage: the SQLite backend (every SQL statement, the migrations)."""

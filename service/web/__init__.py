@@ -1,0 +1,1 @@
+"""The HTTP edge: the app, the API, the SSE stream handler, metrics, the server."""
