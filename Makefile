@@ -78,6 +78,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the borders between the parts (pyproject.toml [tool.importlinter])
 
 # genstream, aiohttp-sse and a raw aiohttp server side by side (README "Performance");
 # about ten minutes on two cores. bench-smoke is the same at tiny sizes (part of `test`).

@@ -6,19 +6,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
 
 from service.config import LogSettings
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 # A caller's request id is echoed into logs and headers: keep it short and inert.
-_SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -69,31 +66,3 @@ def configure(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = web.RequestKey("request_id", str)
-
-
-@web.middleware
-async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Name the request (the caller's X-Request-ID when sane) and its project for logs."""
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    request[REQUEST_ID] = rid
-    # One connection serves its requests in one task: reset what this one set.
-    tokens = [(request_id, request_id.set(rid))]
-    for var, key in ((project_id, "pid"), (generation_id, "gid")):
-        tokens.append((var, var.set(request.match_info.get(key))))
-    try:
-        return await handler(request)
-    finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
-
-
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every reply, streams included, names its request."""
-    rid = request.get(REQUEST_ID)
-    if rid is not None:
-        response.headers[REQUEST_ID_HEADER] = rid

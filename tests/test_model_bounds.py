@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from bench.common import peak_rss_bytes, reset_peak_rss
 from service.eventlog import event as ev
+from service.files import FileRecord
 from service.generation.prompts import SYSTEM_PROMPT, build_messages, request_text, select_files
 from service.generation.providers.base import ModelRequest
-from service.storage.sqlite import FileRecord
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
     MODEL,

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.files import FileRecord
 from service.generation.parser import FileCompleted, FileRejected, OutputParser, TextDelta
 from service.generation.providers.base import Chunk, ModelRequest, Provider
 from service.generation.providers.offline import OfflineProvider, render, tokenize
-from service.storage.sqlite import FileRecord
 
 # (prompt, the files its template writes, in order)
 TEMPLATE_CASES = [

@@ -16,12 +16,12 @@ import pytest
 
 from service.config import ConfigError, Settings, load
 from service.eventlog import event as ev
+from service.files import FileRecord
 from service.generation.prompts import SYSTEM_PROMPT, build_messages, file_rank, select_files
 from service.generation.providers import make_provider
 from service.generation.providers.base import ModelRequest
 from service.generation.providers.offline import OfflineProvider
 from service.generation.providers.openai_provider import OpenAIProvider
-from service.storage.sqlite import FileRecord
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import (
     LITELLM,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.files import FileRecord
 from service.generation.validation import check_file
-from service.storage.sqlite import FileRecord
 
 
 @pytest.mark.parametrize(

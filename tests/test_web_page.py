@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from service.eventlog.broker import Closed
+from service.protocol import CloseReason
 from tests.browser import chromium, requires_chromium
 from tests.conftest import Genstream, MakeServer
 from tests.proxies import BINARIES, Kind, run_proxy
@@ -322,7 +322,7 @@ async def test_stream_drop_shows_reconnecting_then_resumes_without_gap_or_duplic
     await send(page, "a package")
     await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
 
-    gs.services.broker.close_all(Closed.SLOW_CLIENT)
+    gs.services.broker.close_all(CloseReason.SLOW_CLIENT)
     await expect(page.locator("#debug-connlog li[data-state=reconnecting]")).not_to_have_count(0)
     await expect(page.locator("#debug-connlog li").last).to_have_attribute("data-state", "live")
     await expect(page.locator("#connection")).to_have_text("Live")
@@ -354,7 +354,7 @@ async def test_stream_drop_reconnects_then_falls_back_to_polling(
 
     # Every new stream fails from now on; the open one is cut by the server.
     await page.route("**/api/projects/*/stream*", refuse)
-    gs.services.broker.close_all(Closed.SLOW_CLIENT)
+    gs.services.broker.close_all(CloseReason.SLOW_CLIENT)
     await expect(page.locator("#debug-connlog li[data-state=reconnecting]")).not_to_have_count(0)
     await expect(page.locator("#connection")).to_have_text("Polling every 2 s (stream unavailable)")
 

@@ -26,10 +26,9 @@ import aiohttp
 import orjson
 
 from service.client.sse_parser import Message, SSEParser
-from service.eventlog.event import STREAM_CURSOR, TERMINAL_TYPES
+from service.protocol import ACTIVE_STATUSES, STREAM_CURSOR, TERMINAL_TYPES
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
-ACTIVE_STATUSES: Final = frozenset({"pending", "running"})
 # A proxy or a restarting server answers these for a moment; anything else is final.
 RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
 # No HTTP answer at all (refused, reset, timed out, a stream that is not SSE).

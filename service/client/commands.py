@@ -20,8 +20,8 @@ import orjson
 from service.client.api import Backoff, Event, GenstreamClient, GenstreamError
 from service.client.outdir import write_file
 from service.client.terminal import Display, printable, shown
-from service.eventlog import event as ev
 from service.paths import UnsafePath, check_path
+from service.protocol import EventType as ev
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the generation failed, or the API said no

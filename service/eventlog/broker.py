@@ -11,16 +11,9 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
 from service.eventlog.event import Event
-
-
-class Closed(Enum):
-    """Why a subscription ended from the broker's side."""
-
-    SLOW_CLIENT = "slow_client"
-    SHUTDOWN = "shutdown"
+from service.protocol import CloseReason
 
 
 @dataclass(eq=False)
@@ -34,7 +27,7 @@ class Subscriber:
     topic: str
     limit: int
     pending: deque[Event] = field(default_factory=deque)
-    closed: Closed | None = None
+    closed: CloseReason | None = None
     # Called when the buffer overflows: the handler may be stuck in a write to a client
     # that stopped reading, and only aborting its transport frees it.
     on_overflow: Callable[[], None] | None = None
@@ -60,14 +53,14 @@ class Subscriber:
             # whole by a subscriber that keeps up: what counts is how much it left
             # untaken, so a buffer holds at most `limit` events plus one commit.
             self.pending.clear()
-            self.close(Closed.SLOW_CLIENT)
+            self.close(CloseReason.SLOW_CLIENT)
             if self.on_overflow is not None:
                 self.on_overflow()
             return
         self.pending.extend(events)
         self._wake()
 
-    def close(self, reason: Closed) -> None:
+    def close(self, reason: CloseReason) -> None:
         if self.closed is None:
             self.closed = reason
         self._wake()
@@ -139,7 +132,7 @@ class Broker:
         for subscriber in tuple(self._topics.get(topic, ())):
             subscriber.offer(events)
 
-    def close_all(self, reason: Closed) -> None:
+    def close_all(self, reason: CloseReason) -> None:
         for members in self._topics.values():
             for subscriber in members:
                 subscriber.close(reason)

@@ -9,38 +9,24 @@ from typing import Any, Final
 import orjson
 
 from service.eventlog import sse
+from service.protocol import STREAM_CURSOR as STREAM_CURSOR
+from service.protocol import TERMINAL_TYPES as TERMINAL_TYPES
+from service.protocol import EventType
 
-MESSAGE_CREATED: Final = "message.created"
-MESSAGE_DELTA: Final = "message.delta"
-MESSAGE_UPDATED: Final = "message.updated"
-GENERATION_STARTED: Final = "generation.started"
-STAGE: Final = "stage"
-FILE_STARTED: Final = "file.started"
-FILE_DELTA: Final = "file.delta"
-FILE_COMPLETED: Final = "file.completed"
-VALIDATION: Final = "validation"
-GENERATION_COMPLETED: Final = "generation.completed"
-GENERATION_FAILED: Final = "generation.failed"
-GENERATION_CANCELLED: Final = "generation.cancelled"
-# Not stored: the first frame of a project stream opened without a cursor, carrying the
-# id it starts after, so a client that drops before its first event resumes from there.
-STREAM_CURSOR: Final = "stream.cursor"
-
-TERMINAL_TYPES: Final = frozenset({GENERATION_COMPLETED, GENERATION_FAILED, GENERATION_CANCELLED})
-ALL_TYPES: Final = frozenset(
-    {
-        MESSAGE_CREATED,
-        MESSAGE_DELTA,
-        MESSAGE_UPDATED,
-        GENERATION_STARTED,
-        STAGE,
-        FILE_STARTED,
-        FILE_DELTA,
-        FILE_COMPLETED,
-        VALIDATION,
-    }
-    | TERMINAL_TYPES
-)
+# The names the code uses for the vocabulary's members (service/protocol.py).
+MESSAGE_CREATED: Final = EventType.MESSAGE_CREATED
+MESSAGE_DELTA: Final = EventType.MESSAGE_DELTA
+MESSAGE_UPDATED: Final = EventType.MESSAGE_UPDATED
+GENERATION_STARTED: Final = EventType.GENERATION_STARTED
+STAGE: Final = EventType.STAGE
+FILE_STARTED: Final = EventType.FILE_STARTED
+FILE_DELTA: Final = EventType.FILE_DELTA
+FILE_COMPLETED: Final = EventType.FILE_COMPLETED
+VALIDATION: Final = EventType.VALIDATION
+GENERATION_COMPLETED: Final = EventType.GENERATION_COMPLETED
+GENERATION_FAILED: Final = EventType.GENERATION_FAILED
+GENERATION_CANCELLED: Final = EventType.GENERATION_CANCELLED
+ALL_TYPES: Final = frozenset(EventType)
 
 
 def now_ms() -> int:

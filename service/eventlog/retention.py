@@ -14,8 +14,8 @@ from service.config import StorageSettings
 from service.errors import ApiError
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
+from service.metrics import Metrics
 from service.storage.sqlite import Tx
-from service.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

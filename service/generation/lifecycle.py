@@ -24,6 +24,7 @@ from service.errors import ApiError, not_found
 from service.eventlog import event as ev
 from service.eventlog.event import Draft, now_ms
 from service.eventlog.journal import Emit, Journal
+from service.files import FileRecord
 from service.generation import pipeline
 from service.generation.parser import (
     FileCompleted,
@@ -39,8 +40,9 @@ from service.generation.providers.base import ModelRequest, Provider, ProviderEr
 from service.generation.providers.base import output_too_large as _too_large
 from service.generation.text import whole_characters
 from service.generation.validation import check_file
-from service.storage.sqlite import ACTIVE_STATUSES, FileRecord, Storage, Tx
-from service.web.metrics import Metrics
+from service.metrics import Metrics
+from service.protocol import ACTIVE_STATUSES
+from service.storage.sqlite import Storage, Tx
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +536,7 @@ class Generations:
 
         async def end(tx: Tx, emit: Emit) -> bool:
             current = await tx.generation(run.generation_id)
-            if current is None or current["status"] not in ("pending", "running"):
+            if current is None or current["status"] not in ACTIVE_STATUSES:
                 return False  # already ended: one terminal event per generation, never two
             await tx.update_message(run.assistant_message_id, message_status, text)
             await tx.update_generation(

@@ -24,8 +24,8 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
+from service.files import FileRecord
 from service.generation.providers.base import ModelRequest
-from service.storage.sqlite import FileRecord
 
 SYSTEM_PROMPT: Final = """\
 You are genstream, a code generator. You answer each request with a short chat reply \

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from service.storage.sqlite import FileRecord
+from service.files import FileRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +21,8 @@ import aiosqlite
 import orjson
 
 from service.eventlog.event import Event, from_row, now_ms
+from service.files import FileRecord
+from service.protocol import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-ACTIVE_STATUSES: Final = ("pending", "running")
+# The active statuses as an SQL list: ('pending', 'running').
+_ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
 
 _GENERATION_COLUMNS: Final = (
     "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
@@ -122,7 +123,7 @@ _PROJECT_VIEW: Final = (
     "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
     + ", ".join(f"g.{column.strip()}" for column in _GENERATION_COLUMNS.split(","))
     + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
-    "WHERE a.project_id = p.id AND a.status IN ('pending', 'running') "
+    f"WHERE a.project_id = p.id AND a.status IN {_ACTIVE} "
     "ORDER BY a.created_at DESC LIMIT 1)"
 )
 _GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?"
@@ -137,19 +138,6 @@ ROWS_PER_INSERT: Final = 1000
 
 class StorageError(Exception):
     """The database could not do what was asked (busy, full, read-only, corrupt)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    path: str
-    content: str
-    size: int
-    sha256: str
-
-    @staticmethod
-    def of(path: str, content: str) -> FileRecord:
-        raw = content.encode()
-        return FileRecord(path, content, len(raw), hashlib.sha256(raw).hexdigest())
 
 
 async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
@@ -357,7 +345,7 @@ class Storage:
 
     async def active_generation_ids(self) -> list[str]:
         rows = await self._all(
-            "SELECT id FROM generations WHERE status IN ('pending', 'running') ORDER BY created_at"
+            f"SELECT id FROM generations WHERE status IN {_ACTIVE} ORDER BY created_at"
         )
         return [row["id"] for row in rows]
 
@@ -507,7 +495,7 @@ class Tx:
     async def active_generation(self, project_id: str) -> dict[str, Any] | None:
         row = await self._one(
             f"SELECT {_GENERATION_COLUMNS} FROM generations "
-            "WHERE project_id = ? AND status IN ('pending', 'running') LIMIT 1",
+            f"WHERE project_id = ? AND status IN {_ACTIVE} LIMIT 1",
             (project_id,),
         )
         return _generation_view(row) if row else None
@@ -618,7 +606,7 @@ class Tx:
         (it carries the id the next process counts on from)."""
         spare = (
             "(generation_id IS NULL OR generation_id NOT IN "
-            "(SELECT id FROM generations WHERE status IN ('pending', 'running'))) "
+            f"(SELECT id FROM generations WHERE status IN {_ACTIVE})) "
             "AND id < (SELECT MAX(id) FROM events)"
         )
         deleted = 0

@@ -11,25 +11,26 @@ from pathlib import Path
 from typing import Final
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from service import logs
+from service import metrics
 from service.config import Settings
 from service.errors import ApiError, malformed_request
 from service.eventlog import retention
-from service.eventlog.broker import Broker, Closed
+from service.eventlog.broker import Broker
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
 from service.generation.lifecycle import Generations
 from service.generation.providers import make_provider
+from service.metrics import Gauges, Metrics
+from service.protocol import CloseReason
 from service.storage.sqlite import Storage, StorageError, Tx
-from service.web import metrics
+from service.web import request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
 from service.web.context import SERVICES, Services
-from service.web.metrics import Gauges, Metrics
 from service.web.openapi import describe
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,12 @@ async def _close_stale_sessions(tx: Tx, emit: Emit) -> None:
 async def _say_goodbye(app: web.Application) -> None:
     """On shutdown every open stream sends a goodbye comment and closes, so clients
     reconnect (to the next process) instead of waiting on a dead socket."""
-    app[SERVICES].broker.close_all(Closed.SHUTDOWN)
+    app[SERVICES].broker.close_all(CloseReason.SHUTDOWN)
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    return metrics.response(request.app[SERVICES].metrics)
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: metrics.CONTENT_TYPE})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -204,7 +206,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def create_app(settings: Settings) -> web.Application:
     middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [
-        logs.context_middleware,
+        request_log.context_middleware,
         error_middleware,
     ]
     if settings.auth.token:
@@ -217,7 +219,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DESCRIPTION] = orjson.dumps(describe(settings))
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
-    app.on_response_prepare.append(logs.echo_request_id)
+    app.on_response_prepare.append(request_log.echo_request_id)
     app.add_routes(routes)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/api/openapi.json", openapi)

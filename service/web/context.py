@@ -10,9 +10,9 @@ from aiohttp import web
 from service.config import Settings
 from service.eventlog.broker import Broker
 from service.eventlog.journal import Journal
+from service.metrics import Metrics
 from service.storage.sqlite import Storage
 from service.web.connections import Connections
-from service.web.metrics import Metrics
 
 if TYPE_CHECKING:
     from service.generation.lifecycle import Generations

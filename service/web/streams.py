@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from service.eventlog import sse
-from service.eventlog.broker import Closed, Subscriber
+from service.eventlog.broker import Subscriber
 from service.eventlog.event import Event, cursor_frame, now_ms
 from service.eventlog.journal import Emit, TxFunction
-from service.storage.sqlite import ACTIVE_STATUSES, Tx
+from service.metrics import Metrics
+from service.protocol import ACTIVE_STATUSES, CloseReason
+from service.storage.sqlite import Tx
 from service.web.context import Services
-from service.web.metrics import Metrics
 from service.web.params import non_negative_int
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ async def stream(
         abort=lambda: _abort(request),
         transport=request.transport,
     )
-    reason = "error"
+    reason = CloseReason.ERROR
     # Recorded before the first byte: a client that leaves at once still has its row.
     _record_open(services, session_id, request, target, start_after)
     response = web.StreamResponse(headers=sse.HEADERS)
@@ -125,22 +126,22 @@ async def stream(
                 response, subscriber, target, progress, settings.heartbeat_seconds, services.metrics
             )
         else:
-            reason = "completed"
-        if reason == Closed.SHUTDOWN.value:
+            reason = CloseReason.COMPLETED
+        if reason == CloseReason.SHUTDOWN:
             await _write(response, progress, GOODBYE)
-        elif reason == Closed.SLOW_CLIENT.value:
+        elif reason == CloseReason.SLOW_CLIENT:
             await _write(response, progress, TOO_SLOW)
         async with asyncio.timeout(settings.send_timeout_seconds):
             await response.write_eof()
         return response
     except asyncio.CancelledError:
-        reason = _closed_reason(subscriber, "client_gone")
+        reason = _closed_reason(subscriber, CloseReason.CLIENT_GONE)
         raise
     except SendTimeout:
-        reason = "send_timeout"
+        reason = CloseReason.SEND_TIMEOUT
         return web.StreamResponse()  # the connection is aborted; nothing more is sent
     except (ConnectionError, TimeoutError):
-        reason = _closed_reason(subscriber, "client_gone")
+        reason = _closed_reason(subscriber, CloseReason.CLIENT_GONE)
         _abort(request)
         return web.StreamResponse()  # nothing more can be sent; aiohttp closes the socket
     except Exception:
@@ -182,8 +183,8 @@ def _abort_if_stuck(request: web.Request, progress: _Progress) -> None:
         request.transport.abort()
 
 
-def _closed_reason(subscriber: Subscriber, default: str) -> str:
-    return subscriber.closed.value if subscriber.closed is not None else default
+def _closed_reason(subscriber: Subscriber, default: CloseReason) -> CloseReason:
+    return subscriber.closed if subscriber.closed is not None else default
 
 
 async def _replay(
@@ -216,17 +217,17 @@ async def _follow(
     progress: _Progress,
     heartbeat: float,
     metrics: Metrics,
-) -> str:
+) -> CloseReason:
     while True:
         ready = await subscriber.wait(heartbeat)
         if subscriber.closed is not None:
-            return subscriber.closed.value
+            return subscriber.closed
         if not ready:
             await _write(response, progress, sse.PING)
             continue
         metrics.events_delivered.inc(await _send(response, subscriber.take(), target, progress))
         if progress.done:
-            return "completed"
+            return CloseReason.COMPLETED
 
 
 async def _send(
@@ -295,7 +296,9 @@ def _record_open(
     _background(services, write)
 
 
-def _record_close(services: Services, session_id: str, progress: _Progress, reason: str) -> None:
+def _record_close(
+    services: Services, session_id: str, progress: _Progress, reason: CloseReason
+) -> None:
     at = now_ms()
 
     async def write(tx: Tx, emit: Emit) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from service.storage.sqlite import FileRecord
+from service.files import FileRecord
 
 
 @dataclass(frozen=True, slots=True)
