@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from service.errors import ApiError
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, seal
-from service.storage.sqlite import Storage, StorageError, Tx
+from service.storage.interface import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ class Journal:
                         outcomes.append((job.future, value, error))
                 await tx.insert_events(appended)
                 await tx.commit()
-        except (sqlite3.Error, StorageError) as exc:
+        except StorageError as exc:
             await tx.rollback()
             self._next_id = first_id
             self.stats.failed_commits += 1
@@ -217,7 +216,7 @@ class Journal:
         try:
             value = await job.fn(tx, emit)
             await tx.insert_events(emitted)
-        except (sqlite3.Error, StorageError):
+        except StorageError:
             raise  # the database itself failed: the whole batch fails
         except Exception as exc:
             await tx.rollback_to_savepoint()

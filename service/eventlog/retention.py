@@ -15,7 +15,7 @@ from service.errors import ApiError
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
 from service.metrics import Metrics
-from service.storage.sqlite import Tx
+from service.storage.interface import Tx
 
 log = logging.getLogger(__name__)
 

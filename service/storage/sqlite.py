@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 import aiosqlite
 import orjson
@@ -23,6 +25,11 @@ import orjson
 from service.eventlog.event import Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
+
+# Tx is the interface's: callers type their transaction functions with it, whichever
+# backend runs them (SqliteTx below is this backend's).
+from service.storage.interface import StorageError as StorageError
+from service.storage.interface import Tx as Tx
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +143,32 @@ _EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 ROWS_PER_INSERT: Final = 1000
 
 
-class StorageError(Exception):
-    """The database could not do what was asked (busy, full, read-only, corrupt)."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_C = TypeVar("_C", bound=type)
+
+
+def _translate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            # The message is SQLite's own ("database is locked"): callers show it.
+            raise StorageError(str(exc)) from exc
+
+    return translated
+
+
+def _translating(cls: _C) -> _C:
+    """SQLite's exceptions stop at this backend's boundary: every public coroutine of
+    `cls` raises StorageError for a database failure, so no caller imports sqlite3."""
+    for name, member in list(vars(cls).items()):
+        # Plain functions only: Storage.open, a classmethod, translates for itself.
+        public = not name.startswith("_") and inspect.isfunction(member)
+        if public and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _translate(member))
+    return cls
 
 
 async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
@@ -225,6 +256,7 @@ class _Readers:
             await connection.close()
 
 
+@_translating
 class Storage:
     def __init__(
         self, writer: aiosqlite.Connection, readers: Sequence[aiosqlite.Connection]
@@ -280,8 +312,8 @@ class Storage:
 
     # -- writes: only the journal's writer loop calls these -------------------------
 
-    def transaction(self) -> Tx:
-        return Tx(self._writer)
+    def transaction(self) -> SqliteTx:
+        return SqliteTx(self._writer)
 
     async def commit_events(self, events: Sequence[Event]) -> None:
         """Store events as one transaction of their own, outside any Tx.
@@ -407,7 +439,8 @@ class Storage:
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
 
 
-class Tx:
+@_translating
+class SqliteTx:
     """Statements run inside the writer loop's open transaction."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:

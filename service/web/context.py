@@ -11,7 +11,7 @@ from service.config import Settings
 from service.eventlog.broker import Broker
 from service.eventlog.journal import Journal
 from service.metrics import Metrics
-from service.storage.sqlite import Storage
+from service.storage.interface import Storage
 from service.web.connections import Connections
 
 if TYPE_CHECKING:
