@@ -1,4 +1,9 @@
-"""Errors as values: a code, a message and the HTTP status they map to."""
+"""Errors as values. Two kinds:
+
+* the core's refusals (DomainError and its kinds): a code, a message and details, no
+  status; the web layer maps each kind to one (service/web/app.py, `api_error`);
+* ApiError, the web layer's own: a status besides, raised where a request is refused.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,43 @@ MALFORMED_REQUEST: Final = "malformed_request"
 _MAX_REASON_CHARS: Final = 200
 # aiohttp's str() of its HTTP errors: "400, message:" on a line, then the message.
 _STATUS_LINE: Final = re.compile(r"\d{3}, message:")
+
+
+class DomainError(Exception):
+    """A refusal the core states in its own words. `code` and `message` are the API's
+    JSON error as it is answered, `details` its further fields, in order."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__("not_found", f"no {kind} with id {ident!r}")
+
+
+class Conflict(DomainError):
+    """The request clashes with what is stored (a generation still running, a reused
+    client_request_id); `code` says which clash."""
+
+
+class JournalRefused(DomainError):
+    """The journal took no write: the caller's transaction did not happen."""
+
+
+class JournalClosed(JournalRefused):
+    def __init__(self) -> None:
+        super().__init__("shutting_down", "the server is shutting down")
+
+
+class StorageUnavailable(JournalRefused):
+    """The database refused the write (busy, full, read-only); a later one may pass."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("storage_unavailable", message)
 
 
 class ApiError(Exception):
@@ -39,10 +81,6 @@ class ApiError(Exception):
 
 def bad_request(field: str, message: str) -> ApiError:
     return ApiError(400, "invalid_request", f"{field}: {message}", field=field)
-
-
-def not_found(kind: str, ident: str) -> ApiError:
-    return ApiError(404, "not_found", f"no {kind} with id {ident!r}")
 
 
 def malformed_request(reason: str, remote: str | None) -> ApiError:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from service.errors import ApiError
+from service.errors import JournalClosed, StorageUnavailable
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, seal
 from service.storage.interface import Storage, StorageError, Tx
@@ -102,7 +102,7 @@ class Journal:
 
     def _enqueue(self, job: _Append | _Transact[Any]) -> None:
         if self._closing:
-            job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+            job.future.set_exception(JournalClosed())
             return
         self._queue.append(job)
         self._wakeup.set()
@@ -174,7 +174,7 @@ class Journal:
             self._next_id = first_id
             self.stats.failed_commits += 1
             log.error("journal commit of %d jobs failed: %s", len(batch), exc)
-            failure = ApiError(503, "storage_unavailable", f"the database refused the write: {exc}")
+            failure = StorageUnavailable(f"the database refused the write: {exc}")
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(failure)

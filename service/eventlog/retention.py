@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from service.config import StorageSettings
-from service.errors import ApiError
+from service.errors import JournalRefused
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
 from service.metrics import Metrics
@@ -35,7 +35,7 @@ async def prune(journal: Journal, metrics: Metrics, settings: StorageSettings) -
 
     try:
         deleted = await journal.transact(delete)
-    except ApiError as exc:
+    except JournalRefused as exc:
         metrics.retention_runs.labels("failed").inc()
         log.warning("event retention failed, will try again: %s", exc.message)
         return 0

@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar
 
 from service import logs
 from service.config import GenerationSettings
-from service.errors import ApiError, not_found
+from service.errors import Conflict, JournalClosed, JournalRefused, NotFound
 from service.eventlog import event as ev
 from service.eventlog.event import Draft, now_ms
 from service.eventlog.journal import Emit, Journal
@@ -158,15 +158,14 @@ class Generations:
 
         async def create(tx: Tx, emit: Emit) -> Submission:
             if not await tx.project_exists(project_id):
-                raise not_found("project", project_id)
+                raise NotFound("project", project_id)
             if client_request_id is not None:
                 earlier = await tx.generation_by_request(project_id, client_request_id)
                 if earlier is not None:
                     return await _resubmission(tx, earlier, prompt, image_urls)
             running = await tx.active_generation(project_id)
             if running is not None:
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "generation_running",
                     f"generation {running['id']} is still running in this project; "
                     "cancel it or wait for it to end",
@@ -238,7 +237,7 @@ class Generations:
             await asyncio.wait({task})
         generation = await self._storage.generation(generation_id)
         if generation is None:
-            raise not_found("generation", generation_id)
+            raise NotFound("generation", generation_id)
         if task is None and generation["status"] in ACTIVE_STATUSES:
             # Active with no task in this process: nothing else would ever end it.
             await self._finish_cancelled(await self._taskless_run(generation))
@@ -311,7 +310,7 @@ class Generations:
             await self._fail(run, ProviderError("timeout", message, True))
         elif isinstance(exc, ProviderError):
             await self._fail(run, exc)
-        elif isinstance(exc, ApiError):  # the journal refused a write (busy, full, closing)
+        elif isinstance(exc, JournalRefused):  # busy, full, closing
             log.error("generation %s could not be journaled: %s", run.generation_id, exc)
             await self._fail(run, ProviderError("storage_unavailable", STORAGE_MESSAGE, True))
         elif isinstance(exc, Exception):
@@ -573,9 +572,9 @@ class Generations:
         for attempt in itertools.count():
             try:
                 ended = await self._journal.transact(end)
-            except ApiError as exc:
+            except JournalRefused as exc:
                 delay = END_RETRY_DELAYS[min(attempt, len(END_RETRY_DELAYS) - 1)]
-                if self._closing or exc.code == "shutting_down":
+                if self._closing or isinstance(exc, JournalClosed):
                     log.error(
                         "could not record the end of generation %s (%s); the next start "
                         "finishes it as interrupted",
@@ -666,8 +665,7 @@ async def _resubmission(
     tx: Tx, earlier: dict[str, Any], prompt: str, image_urls: list[str]
 ) -> Submission:
     if earlier["prompt"] != prompt or earlier["image_urls"] != image_urls:
-        raise ApiError(
-            409,
+        raise Conflict(
             "client_request_id_reused",
             "client_request_id was already used for a different prompt",
             generation_id=earlier["id"],

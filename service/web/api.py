@@ -8,7 +8,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from service.errors import ApiError, bad_request, not_found
+from service.errors import ApiError, NotFound, bad_request
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
@@ -94,20 +94,20 @@ def _query_int(request: web.Request, name: str, default: int, maximum: int = MAX
 async def _require_project(services: Services, project_id: str) -> None:
     """A 404 unless the project exists (one remembered lookup, not the project's view)."""
     if not await services.storage.project_exists(project_id):
-        raise not_found("project", project_id)
+        raise NotFound("project", project_id)
 
 
 async def _project_or_404(services: Services, project_id: str) -> dict[str, Any]:
     project = await services.storage.project(project_id)
     if project is None:
-        raise not_found("project", project_id)
+        raise NotFound("project", project_id)
     return project
 
 
 async def _generation_or_404(services: Services, generation_id: str) -> dict[str, Any]:
     generation = await services.storage.generation(generation_id)
     if generation is None:
-        raise not_found("generation", generation_id)
+        raise NotFound("generation", generation_id)
     return generation
 
 

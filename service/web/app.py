@@ -17,7 +17,14 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from service import metrics
 from service.config import Settings
-from service.errors import ApiError, malformed_request
+from service.errors import (
+    ApiError,
+    Conflict,
+    DomainError,
+    JournalRefused,
+    NotFound,
+    malformed_request,
+)
 from service.eventlog import retention
 from service.eventlog.broker import Broker
 from service.eventlog.event import now_ms
@@ -50,6 +57,12 @@ _HTTP_CODES: Final = {
     405: "method_not_allowed",
     413: "body_too_large",
 }
+# The one place a kind of the core's refusals gets its HTTP status.
+_DOMAIN_STATUSES: Final[dict[type[DomainError], int]] = {
+    NotFound: 404,
+    Conflict: 409,
+    JournalRefused: 503,  # the journal is closing, or the database refused the write
+}
 
 
 @web.middleware
@@ -59,6 +72,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
+    except DomainError as exc:
+        return error_response(api_error(exc))
     except (RequestPayloadError, HttpProcessingError) as exc:
         # A body aiohttp's parser could not read: it does not decode (Content-Encoding:
         # gzip over garbage), or its chunking broke (service/web/server.py). Ended here, or
@@ -85,6 +100,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = {"error": {"code": "internal_error", "message": "an internal error occurred"}}
         return json_response(body, status=500)
+
+
+def api_error(exc: DomainError) -> ApiError:
+    """The core's refusal as the API answers it: its status, its code, message and details."""
+    for kind, status in _DOMAIN_STATUSES.items():
+        if isinstance(exc, kind):
+            return ApiError(status, exc.code, exc.message, **exc.details)
+    # A kind with no status is a bug here, answered as any other: a 500.
+    log.error("no HTTP status for %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return ApiError(500, "internal_error", "an internal error occurred")
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -164,7 +189,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await journal.transact(_close_stale_sessions)
             await generations.recover()
-        except ApiError as exc:  # a database that takes no write: refuse to start
+        except JournalRefused as exc:  # a database that takes no write: refuse to start
             raise StorageError(f"{settings.storage.path}: {exc.message}") from exc
         if retention.enabled(settings.storage):
             pruning = asyncio.create_task(

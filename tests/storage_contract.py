@@ -1,0 +1,333 @@
+"""What every storage backend must do, written once: a backend's test module subclasses
+StorageContract and says how to open one (pyeventsourcing's recorder test cases are the
+model). The tests go through the interface and the journal only, never through SQL, so
+a second backend runs them unchanged.
+
+No class name here starts with Test: pytest collects the cases from the subclasses only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.eventlog import event as ev
+from service.eventlog.broker import Broker
+from service.eventlog.event import Draft, Event
+from service.eventlog.journal import Emit, Journal, TxFunction
+from service.protocol import GenerationStatus
+from service.storage.interface import Storage, StorageError, Tx
+
+PROJECT = "prj_contract"
+OTHER = "prj_other"
+TIMEOUT = 10
+
+
+class OwnMistake(Exception):
+    """A transaction job's own failure (not the database's): it undoes that job alone."""
+
+
+def draft(project_id: str = PROJECT, generation_id: str | None = None, **payload: Any) -> Draft:
+    return Draft(project_id, generation_id, ev.VALIDATION, dict(payload))
+
+
+def ids(events: list[Event]) -> list[int]:
+    return [event.id for event in events]
+
+
+async def insert_generation(
+    tx: Tx, emit: Emit, project_id: str, generation_id: str, client_request_id: str | None
+) -> None:
+    first = emit(draft(project_id, generation_id, step="created"))
+    for role in ("user", "assistant"):
+        await tx.insert_message(
+            f"msg_{generation_id}_{role}", project_id, generation_id, role, "complete", "hi", 1
+        )
+    await tx.insert_generation(
+        generation_id=generation_id,
+        project_id=project_id,
+        client_request_id=client_request_id,
+        prompt="a todo api",
+        image_urls=[],
+        provider="offline",
+        model="offline",
+        user_message_id=f"msg_{generation_id}_user",
+        assistant_message_id=f"msg_{generation_id}_assistant",
+        first_event_id=first.id,
+        at=1,
+    )
+
+
+_generation_numbers = itertools.count(1)
+
+
+def submit_job(project_id: str, client_request_id: str | None) -> TxFunction[str | None]:
+    """A submit as the lifecycle makes one: the same request again is the generation it
+    made (its id); a second generation while one is active is refused (None)."""
+
+    async def submit(tx: Tx, emit: Emit) -> str | None:
+        if client_request_id is not None:
+            earlier = await tx.generation_by_request(project_id, client_request_id)
+            if earlier is not None:
+                return str(earlier["id"])
+        if await tx.active_generation(project_id) is not None:
+            return None
+        generation_id = f"gen_{next(_generation_numbers)}"
+        await insert_generation(tx, emit, project_id, generation_id, client_request_id)
+        return generation_id
+
+    return submit
+
+
+class StorageContract:
+    """The cases; a subclass per backend defines open_storage."""
+
+    async def open_storage(self, directory: Path) -> Storage:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def storage(self, tmp_path: Path) -> AsyncIterator[Storage]:
+        storage = await self.open_storage(tmp_path)
+        yield storage
+        await storage.close()
+
+    @pytest.fixture
+    async def broker(self) -> Broker:
+        return Broker(queue_size=100_000)
+
+    @pytest.fixture
+    async def journal(self, storage: Storage, broker: Broker) -> AsyncIterator[Journal]:
+        journal = await Journal.start(storage, broker)
+
+        async def projects(tx: Tx, emit: Emit) -> None:
+            for project_id in (PROJECT, OTHER):
+                await tx.insert_project(project_id, project_id, 1)
+
+        await asyncio.wait_for(journal.transact(projects), TIMEOUT)
+        yield journal
+        await journal.close()
+
+    # -- appends and reads after a cursor ----------------------------------------------
+
+    async def test_appends_are_read_back_after_a_cursor_in_id_order(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            mine = await journal.append(*(draft(n=n) for n in range(3)))
+            await journal.append(draft(OTHER, n=99))
+            mine += await journal.append(draft(PROJECT, "gen_a", n=3), draft(n=4))
+
+            assert ids(await storage.events_after(PROJECT, 0, 100)) == ids(mine)
+            read = await storage.events_after(PROJECT, mine[1].id, 2)
+            assert read == mine[2:4]  # after the cursor, up to the limit, whole events
+            assert await storage.events_after(PROJECT, mine[-1].id, 100) == []
+            assert ids(await storage.events_after(PROJECT, 0, 100, "gen_a")) == [mine[3].id]
+            assert await storage.max_event_id() == mine[-1].id
+
+    async def test_a_new_journal_numbers_on_after_the_stored_events(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            before = await journal.append(draft(n=1))
+            await journal.close()
+            again = await Journal.start(storage, Broker(queue_size=16))
+            try:
+                after = await again.append(draft(n=2))
+            finally:
+                await again.close()
+        assert after[0].id == before[0].id + 1
+
+    # -- id order under concurrent appenders ---------------------------------------------
+
+    async def test_concurrent_appenders_get_increasing_ids_and_readers_see_no_gap(
+        self, storage: Storage, journal: Journal, broker: Broker
+    ) -> None:
+        appenders, per_appender = 20, 15
+        seen_published: list[int] = []
+        gaps: list[list[int]] = []
+
+        async def appender(number: int) -> list[int]:
+            mine: list[int] = []
+            for n in range(per_appender):
+                mine += ids(await journal.append(draft(appender=number, n=n)))
+            return mine
+
+        async def reader(done: asyncio.Event) -> int:
+            reads = 0
+            while not done.is_set():
+                read = ids(await storage.events_after(PROJECT, 0, 100_000))
+                reads += 1
+                # What a reader sees is a prefix of the log: never id n + 1 without n.
+                if read and read != list(range(read[0], read[0] + len(read))):
+                    gaps.append(read)
+            return reads
+
+        with broker.subscription(PROJECT) as subscriber:
+            done = asyncio.Event()
+            async with asyncio.timeout(TIMEOUT):
+                readers = [asyncio.create_task(reader(done)) for _ in range(2)]
+                results = await asyncio.gather(*(appender(a) for a in range(appenders)))
+                done.set()
+                reads = await asyncio.gather(*readers)
+            seen_published = ids(subscriber.take())
+
+        every = sorted(i for mine in results for i in mine)
+        assert every == list(range(every[0], every[0] + appenders * per_appender))
+        for mine in results:
+            assert mine == sorted(mine)  # each appender's ids rise in its own order
+        # Published in commit order, which is id order.
+        assert seen_published == every
+        assert gaps == []
+        assert min(reads) > 0
+        assert ids(await storage.events_after(PROJECT, 0, 100_000)) == every
+
+    # -- savepoint semantics ----------------------------------------------------------------
+
+    async def test_a_failing_job_undoes_only_its_own_writes(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        def job(project_id: str, fails: bool) -> TxFunction[str]:
+            async def write(tx: Tx, emit: Emit) -> str:
+                await tx.insert_project(project_id, project_id, 1)
+                emit(draft(project_id, n=1))
+                if fails:
+                    raise OwnMistake(project_id)
+                return project_id
+
+            return write
+
+        async with asyncio.timeout(TIMEOUT):
+            # Queued together, so one transaction: the middle job fails inside it.
+            first = journal.transact(job("prj_1", False))
+            middle = journal.transact(job("prj_2", True))
+            last = journal.transact(job("prj_3", False))
+            assert await first == "prj_1"
+            with pytest.raises(OwnMistake):
+                await middle
+            assert await last == "prj_3"
+
+            assert await storage.project_exists("prj_1")
+            assert not await storage.project_exists("prj_2")
+            assert await storage.project_exists("prj_3")
+            assert await storage.events_after("prj_2", 0, 10) == []
+            kept = (await storage.events_after("prj_1", 0, 10)) + (
+                await storage.events_after("prj_3", 0, 10)
+            )
+        # The undone job's id is given again: no hole in the log.
+        assert ids(kept)[1] == ids(kept)[0] + 1
+
+    async def test_a_transaction_rolls_back_to_its_savepoint(self, storage: Storage) -> None:
+        # The statements the journal's writer loop drives, straight on the backend.
+        tx = storage.transaction()
+        await tx.begin()
+        await tx.insert_project("prj_kept", "kept", 1)
+        await tx.savepoint()
+        await tx.insert_project("prj_undone", "undone", 1)
+        await tx.rollback_to_savepoint()
+        await tx.savepoint()
+        await tx.insert_project("prj_released", "released", 1)
+        await tx.release()
+        await tx.commit()
+        assert await storage.project_exists("prj_kept")
+        assert not await storage.project_exists("prj_undone")
+        assert await storage.project_exists("prj_released")
+
+    async def test_a_database_failure_is_a_storage_error_and_rolls_back(
+        self, storage: Storage
+    ) -> None:
+        tx = storage.transaction()
+        await tx.begin()
+        await tx.insert_project("prj_once", "once", 1)
+        with pytest.raises(StorageError):  # the backend's own exception stays inside it
+            await tx.insert_project("prj_once", "twice", 1)
+        await tx.rollback()
+        assert not await storage.project_exists("prj_once")
+
+    # -- idempotent submit ------------------------------------------------------------------
+
+    async def test_the_same_client_request_id_twice_gives_one_generation(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            # Together in one transaction, then once more in a later one.
+            together = await asyncio.gather(
+                journal.transact(submit_job(PROJECT, "req-1")),
+                journal.transact(submit_job(PROJECT, "req-1")),
+            )
+            later = await journal.transact(submit_job(PROJECT, "req-1"))
+            generation_id = together[0]
+            assert generation_id is not None
+            assert list(together) == [generation_id, generation_id] and later == generation_id
+            assert await storage.active_generation_ids() == [generation_id]
+            # The same request id in another project is another request.
+            elsewhere = await journal.transact(submit_job(OTHER, "req-1"))
+            assert elsewhere not in (None, generation_id)
+
+    async def test_a_second_generation_with_the_same_request_id_is_refused(
+        self, journal: Journal
+    ) -> None:
+        async def duplicate(tx: Tx, emit: Emit) -> None:
+            await insert_generation(tx, emit, PROJECT, "gen_dup_1", "req-dup")
+            with pytest.raises(StorageError):
+                await insert_generation(tx, emit, PROJECT, "gen_dup_2", "req-dup")
+            raise OwnMistake  # roll the job back: the transaction is not usable here
+
+        with pytest.raises(OwnMistake):
+            await asyncio.wait_for(journal.transact(duplicate), TIMEOUT)
+
+    # -- one active generation per project ------------------------------------------------
+
+    async def test_one_active_generation_per_project(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            submitted = await asyncio.gather(
+                *(journal.transact(submit_job(PROJECT, f"req-{n}")) for n in range(5))
+            )
+            started = [gid for gid in submitted if gid is not None]
+            assert len(started) == 1
+            active = started[0]
+            assert await storage.active_generation_ids() == [active]
+            project = await storage.project(PROJECT)
+            assert project is not None and project["active_generation"]["id"] == active
+
+            async def finish(tx: Tx, emit: Emit) -> Any:
+                await tx.update_generation(active, status=GenerationStatus.COMPLETED)
+                return await tx.active_generation(PROJECT)
+
+            assert await journal.transact(finish) is None
+            assert await storage.active_generation_ids() == []
+            # Ended: the project takes the next one.
+            assert await journal.transact(submit_job(PROJECT, "req-next")) not in (None, active)
+
+    # -- a read that starts after a publish sees it ----------------------------------------
+
+    async def test_a_read_issued_after_a_publish_sees_it(
+        self, storage: Storage, journal: Journal, broker: Broker
+    ) -> None:
+        rounds = 50
+
+        async def noise() -> None:
+            while True:
+                await journal.append(draft(OTHER, n=0))
+
+        with broker.subscription(PROJECT) as subscriber:
+            background = asyncio.create_task(noise())
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    for n in range(rounds):
+                        journal.append(draft(n=n))  # not awaited: the publish is the signal
+                        while not subscriber.pending:
+                            await subscriber.wait(TIMEOUT)
+                        published = subscriber.take()
+                        newest = await storage.events_after(PROJECT, published[0].id - 1, 100)
+                        assert ids(published) == ids(newest)[: len(published)]
+            finally:
+                background.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await background
