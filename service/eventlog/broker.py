@@ -1,15 +1,16 @@
 """The in-memory broker: a dict of per-project topics, each subscriber with a bounded buffer.
 
-Interface kept small (subscribe, unsubscribe, publish, close) so that a broker for
-several processes (Redis Streams) can stand in its place without touching the journal's
-callers or the stream handlers.
+Interface kept small (subscription, publish, close) so that a broker for several
+processes (Redis Streams) can stand in its place without touching the journal's callers
+or the stream handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from service.eventlog.event import Event
@@ -113,6 +114,17 @@ class Broker:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._topics: dict[str, set[Subscriber]] = {}
+
+    @contextmanager
+    def subscription(self, topic: str) -> Iterator[Subscriber]:
+        """A subscriber to `topic` for the length of a `with` block: leaving it, however
+        it is left (an error, a cancelled handler), unsubscribes, so the two cannot drift
+        apart (encode/broadcaster's `subscribe()` is the model)."""
+        subscriber = self.subscribe(topic)
+        try:
+            yield subscriber
+        finally:
+            self.unsubscribe(subscriber)
 
     def subscribe(self, topic: str) -> Subscriber:
         subscriber = Subscriber(topic=topic, limit=self._queue_size)

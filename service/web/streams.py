@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from service.eventlog import sse
 from service.eventlog.broker import Subscriber
@@ -29,6 +27,7 @@ from service.protocol import ACTIVE_STATUSES, CloseReason
 from service.storage.sqlite import Tx
 from service.web.context import Services
 from service.web.params import non_negative_int
+from service.web.sse_response import SSEResponse
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +61,15 @@ def parse_cursor(request: web.Request) -> int | None:
     each is checked (a bad one is a 400 even beside a good one, as the API says)."""
     query = request.query.get(CURSOR_PARAM)
     cursor = None if query is None else non_negative_int(query, CURSOR_PARAM)
-    header = request.headers.get("Last-Event-ID")
-    return cursor if header is None else non_negative_int(header, "Last-Event-ID")
-
-
-class SendTimeout(ConnectionError):
-    """A write to the client did not complete in time; the connection was aborted."""
+    header = request.headers.get(hdrs.LAST_EVENT_ID)
+    return cursor if header is None else non_negative_int(header, hdrs.LAST_EVENT_ID)
 
 
 @dataclass
 class _Progress:
     last_id: int
-    send_timeout: float
-    abort: Callable[[], None]
-    transport: asyncio.Transport | None = None
     sent: int = 0
     done: bool = False
-    writing: bool = False
 
 
 async def stream(
@@ -89,106 +80,88 @@ async def stream(
     services.connections.open(target.key, target.project_id)
     # Subscribe before reading SQLite: whatever commits after the replay's read is
     # already queued for us, and what both deliver is dropped by id.
-    subscriber = services.broker.subscribe(target.project_id)
-    session_id = uuid.uuid4().hex
-    # No cursor: live from the newest event published before we subscribed; everything
-    # after it reaches our buffer. Ids are global, so any published id is a cursor.
-    start = services.journal.last_published_id if start_after is None else start_after
-    progress = _Progress(
-        last_id=start,
-        send_timeout=settings.send_timeout_seconds,
-        abort=lambda: _abort(request),
-        transport=request.transport,
-    )
-    reason = CloseReason.ERROR
-    # Recorded before the first byte: a client that leaves at once still has its row.
-    _record_open(services, session_id, request, target, start_after)
-    response = web.StreamResponse(headers=sse.HEADERS)
-    try:
-        await response.prepare(request)
-        _limit_unacked_time(request, settings.send_timeout_seconds * UNACKED_TIMEOUT_FACTOR)
-        subscriber.on_overflow = lambda: _abort_if_stuck(request, progress)
-        # First bytes at once: EventSource fires `open` and proxies see a live response.
-        first = sse.retry(settings.retry_ms) + sse.comment("connected")
-        if start_after is None:
-            # No cursor, so the client has no id to resume from until its first event: give
-            # it one now. A drop before that event then resumes here, not live from later.
-            first += cursor_frame(start)
-        await _write(response, progress, first)
+    with services.broker.subscription(target.project_id) as subscriber:
+        session_id = uuid.uuid4().hex
+        # No cursor: live from the newest event published before we subscribed; everything
+        # after it reaches our buffer. Ids are global, so any published id is a cursor.
+        start = services.journal.last_published_id if start_after is None else start_after
+        progress = _Progress(last_id=start)
+        reason = CloseReason.ERROR
+        # Recorded before the first byte: a client that leaves at once still has its row.
+        _record_open(services, session_id, request, target, start_after)
+        response = SSEResponse(request, settings.send_timeout_seconds)
+        try:
+            await response.start(settings.send_timeout_seconds * UNACKED_TIMEOUT_FACTOR)
+            subscriber.on_overflow = response.abort_if_writing
+            reason = await _serve(response, services, subscriber, target, progress, start_after)
+            if reason == CloseReason.SHUTDOWN:
+                await response.send(GOODBYE)
+            elif reason == CloseReason.SLOW_CLIENT:
+                await response.send(TOO_SLOW)
+            await response.finish()
+        except asyncio.CancelledError:
+            reason = _gone_reason(response, subscriber)
+            raise
+        except (ConnectionError, TimeoutError):
+            # The client left, or would not take a write in time: nothing more can be sent.
+            reason = _gone_reason(response, subscriber)
+            response.abort()
+        except Exception:
+            if not response.prepared:
+                raise  # nothing sent yet: the error middleware answers with JSON
+            # Headers and events are out: a JSON error now would land inside the stream's
+            # body. Drop the connection; the client reconnects and resumes by its cursor.
+            log.exception("stream %s failed", target.key)
+            response.abort()
+        finally:
+            services.connections.close(target.key, target.project_id)
+            services.metrics.stream_closes.labels(reason).inc()
+            _record_close(services, session_id, progress, reason)
+        # Ended or aborted, the response the client got is the one returned: aiohttp has
+        # nothing left to send on it.
+        return response
+
+
+async def _serve(
+    response: SSEResponse,
+    services: Services,
+    subscriber: Subscriber,
+    target: StreamTarget,
+    progress: _Progress,
+    start_after: int | None,
+) -> CloseReason:
+    """The stream's body, from its first bytes to the reason it ends."""
+    settings = services.settings.stream
+    # First bytes at once: EventSource fires `open` and proxies see a live response.
+    first = sse.retry(settings.retry_ms) + sse.comment("connected")
+    if start_after is None:
+        # No cursor, so the client has no id to resume from until its first event: give
+        # it one now. A drop before that event then resumes here, not live from later.
+        first += cursor_frame(progress.last_id)
+    await response.send(first)
+    await _replay(response, services, target, progress)
+    if not progress.done and await _generation_over(services, target):
+        # The terminal event commits with the status: read once more for it (it may
+        # have landed after the first read), then nothing more can come.
         await _replay(response, services, target, progress)
-        if not progress.done and await _generation_over(services, target):
-            # The terminal event commits with the status: read once more for it (it may
-            # have landed after the first read), then nothing more can come.
-            await _replay(response, services, target, progress)
-            progress.done = True
-        if not progress.done:
-            reason = await _follow(
-                response, subscriber, target, progress, settings.heartbeat_seconds, services.metrics
-            )
-        else:
-            reason = CloseReason.COMPLETED
-        if reason == CloseReason.SHUTDOWN:
-            await _write(response, progress, GOODBYE)
-        elif reason == CloseReason.SLOW_CLIENT:
-            await _write(response, progress, TOO_SLOW)
-        async with asyncio.timeout(settings.send_timeout_seconds):
-            await response.write_eof()
-        return response
-    except asyncio.CancelledError:
-        reason = _closed_reason(subscriber, CloseReason.CLIENT_GONE)
-        raise
-    except SendTimeout:
-        reason = CloseReason.SEND_TIMEOUT
-        return web.StreamResponse()  # the connection is aborted; nothing more is sent
-    except (ConnectionError, TimeoutError):
-        reason = _closed_reason(subscriber, CloseReason.CLIENT_GONE)
-        _abort(request)
-        return web.StreamResponse()  # nothing more can be sent; aiohttp closes the socket
-    except Exception:
-        if not response.prepared:
-            raise  # nothing sent yet: the error middleware answers with JSON
-        # Headers and events are out: a JSON error now would land inside the stream's
-        # body. Drop the connection; the client reconnects and resumes by its cursor.
-        log.exception("stream %s failed", target.key)
-        _abort(request)
-        return response
-    finally:
-        services.broker.unsubscribe(subscriber)
-        services.connections.close(target.key, target.project_id)
-        services.metrics.stream_closes.labels(reason).inc()
-        _record_close(services, session_id, progress, reason)
+        progress.done = True
+    if progress.done:
+        return CloseReason.COMPLETED
+    return await _follow(
+        response, subscriber, target, progress, settings.heartbeat_seconds, services.metrics
+    )
 
 
-def _limit_unacked_time(request: web.Request, seconds: float) -> None:
-    """Linux: drop the connection when sent data stays unacknowledged this long, so a
-    peer whose network vanished (no FIN, no RST) is found even while the stream is
-    quiet but for heartbeats (tcp(7), TCP_USER_TIMEOUT)."""
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
-def _abort_if_stuck(request: web.Request, progress: _Progress) -> None:
-    # A handler waiting on a write to a client that stopped reading never sees the
-    # overflow; only dropping the connection frees it. One that is not writing ends the
-    # stream itself, cleanly.
-    if progress.writing and request.transport is not None:
-        request.transport.abort()
-
-
-def _closed_reason(subscriber: Subscriber, default: CloseReason) -> CloseReason:
-    return subscriber.closed if subscriber.closed is not None else default
+def _gone_reason(response: SSEResponse, subscriber: Subscriber) -> CloseReason:
+    """Why a stream that could not go on ended: its send timed out, the broker closed
+    it (slow, shutting down) and the connection went with it, or the client left."""
+    if response.timed_out:
+        return CloseReason.SEND_TIMEOUT
+    return subscriber.closed if subscriber.closed is not None else CloseReason.CLIENT_GONE
 
 
 async def _replay(
-    response: web.StreamResponse, services: Services, target: StreamTarget, progress: _Progress
+    response: SSEResponse, services: Services, target: StreamTarget, progress: _Progress
 ) -> None:
     page = services.settings.stream.replay_page
     while True:
@@ -211,7 +184,7 @@ async def _generation_over(services: Services, target: StreamTarget) -> bool:
 
 
 async def _follow(
-    response: web.StreamResponse,
+    response: SSEResponse,
     subscriber: Subscriber,
     target: StreamTarget,
     progress: _Progress,
@@ -223,7 +196,7 @@ async def _follow(
         if subscriber.closed is not None:
             return subscriber.closed
         if not ready:
-            await _write(response, progress, sse.PING)
+            await response.send(sse.PING)
             continue
         metrics.events_delivered.inc(await _send(response, subscriber.take(), target, progress))
         if progress.done:
@@ -231,7 +204,7 @@ async def _follow(
 
 
 async def _send(
-    response: web.StreamResponse, events: list[Event], target: StreamTarget, progress: _Progress
+    response: SSEResponse, events: list[Event], target: StreamTarget, progress: _Progress
 ) -> int:
     """Write every new event of the batch in one write; drop what was already sent.
     Returns how many were written."""
@@ -246,35 +219,8 @@ async def _send(
             break
     if frames:
         progress.sent += len(frames)
-        await _write(response, progress, b"".join(frames))
+        await response.send(b"".join(frames))
     return len(frames)
-
-
-async def _write(response: web.StreamResponse, progress: _Progress, data: bytes) -> None:
-    """One write, aborted with the connection when the client does not take it in time."""
-    progress.writing = True
-    try:
-        if _cannot_wait(progress.transport, len(data)):
-            # No timer: a timer per write cost as much as the write itself (fan-out profile).
-            await response.write(data)
-        else:
-            async with asyncio.timeout(progress.send_timeout):
-                await response.write(data)
-    except TimeoutError:
-        progress.abort()
-        raise SendTimeout(f"a write did not complete in {progress.send_timeout:g} s") from None
-    finally:
-        progress.writing = False
-
-
-def _cannot_wait(transport: asyncio.Transport | None, size: int) -> bool:
-    """True when a write of `size` bytes cannot wait for the client: aiohttp's write waits
-    only while the transport is paused, which it is not below its low-water mark, and
-    this write cannot take it past its high-water mark either."""
-    if transport is None or transport.is_closing():
-        return False
-    low, _high = transport.get_write_buffer_limits()
-    return transport.get_write_buffer_size() + size <= low
 
 
 def _record_open(
@@ -285,7 +231,7 @@ def _record_open(
     cursor: int | None,
 ) -> None:
     peer = request.remote
-    agent = request.headers.get("User-Agent")
+    agent = request.headers.get(hdrs.USER_AGENT)
     at = now_ms()
 
     async def write(tx: Tx, emit: Emit) -> None:
