@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 
 from service.client.sse_parser import Message, SSEParser
 from service.protocol import ACTIVE_STATUSES, STREAM_CURSOR, TERMINAL_TYPES
@@ -145,7 +146,7 @@ class GenstreamClient:
         """`max_attempts`: failed attempts in a row (connects, retried calls) before
         GenstreamError; None retries for ever."""
         self.url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {hdrs.AUTHORIZATION: f"Bearer {token}"} if token else {}
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=connect_timeout,
@@ -270,7 +271,7 @@ class GenstreamClient:
 
     async def _call_once(self, method: str, path: str, body: Any) -> Any:
         data = None if body is None else orjson.dumps(body)
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = {hdrs.CONTENT_TYPE: "application/json"} if data is not None else {}
         try:
             async with self._http.request(
                 method,
@@ -386,9 +387,9 @@ class GenstreamClient:
     async def _open_stream(
         self, path: str, cursor: int | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        headers = {hdrs.ACCEPT: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache"}
         if cursor is not None:
-            headers["Last-Event-ID"] = str(cursor)
+            headers[hdrs.LAST_EVENT_ID] = str(cursor)
         async with self._http.get(self.url + path, headers=headers) as response:
             if response.status != 200:
                 raise _api_error(response, await response.read())
@@ -424,7 +425,7 @@ def _api_error(response: aiohttp.ClientResponse, raw: bytes) -> GenstreamError:
         body = orjson.loads(raw)
         error = body["error"]
         details = {k: v for k, v in error.items() if k not in ("code", "message")}
-        retry_after = response.headers.get("Retry-After")
+        retry_after = response.headers.get(hdrs.RETRY_AFTER)
         if retry_after is not None:
             details["retry_after"] = retry_after
         return GenstreamError(response.status, str(error["code"]), str(error["message"]), details)

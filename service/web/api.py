@@ -6,7 +6,7 @@ import re
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from service.errors import ApiError, NotFound, bad_request
 from service.eventlog.event import now_ms
@@ -112,7 +112,7 @@ async def _generation_or_404(services: Services, generation_id: str) -> dict[str
 
 
 def _wants_stream(request: web.Request) -> bool:
-    return "text/event-stream" in request.headers.get("Accept", "")
+    return "text/event-stream" in request.headers.get(hdrs.ACCEPT, "")
 
 
 # -- projects --------------------------------------------------------------------------

@@ -92,7 +92,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             limit = request.app[SETTINGS].server.max_body_bytes
             message = f"the request body is larger than {limit} bytes"
         response = json_response({"error": {"code": code, "message": message}}, exc.status)
-        for name in ("Allow", "Retry-After"):
+        for name in (hdrs.ALLOW, hdrs.RETRY_AFTER):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
@@ -131,7 +131,7 @@ def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
                     401,
                     "unauthorized",
                     "a valid token is required: Authorization: Bearer <token>",
-                    headers={"WWW-Authenticate": "Bearer"},
+                    headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
                 )
         return await handler(request)
 
@@ -139,7 +139,7 @@ def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
 
 
 def _presented_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value:
         return value.strip()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from aiohttp import hdrs
+
 from service.errors import ApiError
 
 RETRY_AFTER_SECONDS = 5
@@ -43,5 +45,5 @@ class Connections:
 
 def _busy(message: str) -> ApiError:
     return ApiError(
-        503, "too_many_streams", message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        503, "too_many_streams", message, headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
     )

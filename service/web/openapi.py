@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from aiohttp import hdrs
+
 from service.config import Settings
 from service.eventlog import event as events
 from service.web.api import (
@@ -200,7 +202,7 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 
 CURSORS: Final = [
     {
-        "name": "Last-Event-ID",
+        "name": hdrs.LAST_EVENT_ID,
         "in": "header",
         "schema": {"type": "string", "pattern": decimal_pattern()},
         "description": "resume after this event id (0 to 2^63-1); wins over the query",
