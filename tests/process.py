@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import LOOPBACK, client_session, stored_events
+from tests.helpers import wait_until
 
 START_TIMEOUT = 20.0
 
@@ -152,13 +153,13 @@ async def run_to_exit(
 
 
 async def _wait_listening(server: ServerProcess) -> None:
-    async with asyncio.timeout(START_TIMEOUT):
-        while True:
-            if server.process.returncode is not None:
-                raise AssertionError(f"the server exited at start:\n{server.log()}")
-            try:
-                async with server.http.get(f"{server.url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
+    async def listening() -> bool:
+        if server.process.returncode is not None:
+            raise AssertionError(f"the server exited at start:\n{server.log()}")
+        try:
+            async with server.http.get(f"{server.url}/healthz") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    await wait_until(listening, START_TIMEOUT, interval=0.05)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from tests.conftest import LOOPBACK
+from tests.helpers import wait_until
 from tests.process import free_port
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -308,14 +309,16 @@ class RunningProxy:
         self, status: int, uri_prefix: str, count: int, timeout: float
     ) -> list[tuple[int, str, str]]:
         """Wait until nginx has answered `count` requests under `uri_prefix` with `status`."""
-        async with asyncio.timeout(timeout):
-            while True:
-                found = [
-                    e for e in self.access_log() if e[0] == status and e[2].startswith(uri_prefix)
-                ]
-                if len(found) >= count:
-                    return found
-                await asyncio.sleep(POLL_SECONDS)
+        found: list[tuple[int, str, str]] = []
+
+        def enough() -> bool:
+            found[:] = [
+                e for e in self.access_log() if e[0] == status and e[2].startswith(uri_prefix)
+            ]
+            return len(found) >= count
+
+        await wait_until(enough, timeout, POLL_SECONDS)
+        return found
 
 
 @asynccontextmanager
@@ -365,18 +368,18 @@ async def run_proxy(
 
 
 async def _wait_accepting(proxy: RunningProxy, port: int) -> None:
-    async with asyncio.timeout(START_TIMEOUT):
-        while True:
-            if proxy.process.returncode is not None:
-                raise AssertionError(f"{proxy.kind} exited at start:\n{proxy.log()}")
-            try:
-                _, writer = await asyncio.open_connection(LOOPBACK, port)
-            except OSError:
-                await asyncio.sleep(POLL_SECONDS)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+    async def accepting() -> bool:
+        if proxy.process.returncode is not None:
+            raise AssertionError(f"{proxy.kind} exited at start:\n{proxy.log()}")
+        try:
+            _, writer = await asyncio.open_connection(LOOPBACK, port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    await wait_until(accepting, START_TIMEOUT, POLL_SECONDS)
 
 
 async def haproxy_stat(proxy: RunningProxy, proxy_name: str, server: str, column: str) -> str:
@@ -400,14 +403,12 @@ async def haproxy_stat(proxy: RunningProxy, proxy_name: str, server: str, column
 async def wait_until_upstream_refused(proxy: RunningProxy, timeout: float = 10.0) -> None:
     """Wait until the proxy has tried genstream's port at least once and found it closed
     (Caddy's debug log names the refused dial; HAProxy counts its retries)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if proxy.kind is Kind.CADDY:
-                if "connection refused" in proxy.log():
-                    return
-            elif proxy.kind is Kind.HAPROXY:
-                if int(await haproxy_stat(proxy, "genstream", "genstream", "wretr") or 0) > 0:
-                    return
-            else:
-                raise AssertionError(f"{proxy.kind} does not hold a request (it answers 502)")
-            await asyncio.sleep(POLL_SECONDS)
+
+    async def refused() -> bool:
+        if proxy.kind is Kind.CADDY:
+            return "connection refused" in proxy.log()
+        if proxy.kind is Kind.HAPROXY:
+            return int(await haproxy_stat(proxy, "genstream", "genstream", "wretr") or 0) > 0
+        raise AssertionError(f"{proxy.kind} does not hold a request (it answers 502)")
+
+    await wait_until(refused, timeout, POLL_SECONDS)

@@ -21,6 +21,7 @@ from service.client.terminal import LiveDisplay, PlainDisplay
 from service.eventlog import event as ev
 from service.paths import UnsafePath
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import stored_files
 from tests.process import server_process
 
 TIMEOUT = 30.0
@@ -84,15 +85,6 @@ async def interrupt(process: asyncio.subprocess.Process) -> int:
     process.send_signal(signal.SIGINT)
     async with asyncio.timeout(TIMEOUT):
         return await process.wait()
-
-
-async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
-    listed = await gs.json("GET", f"/api/projects/{project_id}/files")
-    files = {}
-    for file in listed["files"]:
-        path = file["path"]
-        files[path] = (await gs.json("GET", f"/api/projects/{project_id}/files/{path}"))["content"]
-    return files
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from service.client.api import Backoff, Event, GenstreamClient, GenstreamError
 from service.eventlog import event as ev
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import db_rows, wait_until
 from tests.proxy import Faults, faulty_proxy
 
 TIMEOUT = 30.0
@@ -116,14 +116,14 @@ async def test_project_stream_resumes_across_a_server_restart_with_nothing_lost_
     assert failed.data["code"] == "interrupted"
     assert received[-1].type == ev.GENERATION_COMPLETED
     # It resumed with Last-Event-ID (no replay from the start) on the new server.
-    with sqlite3.connect(tmp_path / "genstream.db") as db:
-        cursors = [
-            row[0]
-            for row in db.execute(
-                "SELECT cursor FROM stream_sessions WHERE key = ? ORDER BY started_at, rowid",
-                (f"project:{project_id}",),
-            )
-        ]
+    cursors = [
+        row[0]
+        for row in db_rows(
+            tmp_path / "genstream.db",
+            "SELECT cursor FROM stream_sessions WHERE key = ? ORDER BY started_at, rowid",
+            (f"project:{project_id}",),
+        )
+    ]
     assert cursors[0] == 0
     assert cursors[1] is not None and cursors[1] >= cursor_at_stop
 
@@ -314,13 +314,16 @@ async def test_a_stream_opened_without_a_cursor_takes_its_start_from_the_cursor_
     # stream.cursor frame as its starting point, not as an event, and resume from it.
     gs = await make_server(stream=FAST_RETRY)
     project_id = await gs.new_project()
+
+    async def stream_open() -> bool:
+        return bool((await gs.json("GET", "/api/connections"))["total"] != 0)
+
     async with client(gs.url) as api:
         follow = api._follow(f"/api/projects/{project_id}/stream", None, None)
         async with aclosing(follow) as stream:
             first_event = asyncio.ensure_future(anext(stream))
             async with asyncio.timeout(10):
-                while (await gs.json("GET", "/api/connections"))["total"] == 0:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+                await wait_until(stream_open, timeout=10)
                 generation = await api.generate(project_id, "a todo api")
                 event = await first_event
     assert event.type == ev.MESSAGE_CREATED

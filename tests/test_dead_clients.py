@@ -15,7 +15,8 @@ import pytest
 from service.eventlog import event as ev
 from service.eventlog.event import Draft
 from tests.conftest import LOOPBACK, Genstream, MakeServer
-from tests.test_streams import open_streams, session_reasons, wait_until
+from tests.helpers import wait_until
+from tests.test_streams import open_streams, session_reasons
 
 SMALL_BUFFER = 4096
 # Enough bytes (6 MB) to fill every buffer between the server and a client that reads

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
 
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import db_count
 
 TABLES = ("projects", "messages", "generations", "events", "files")
 
 
 def snapshot(gs: Genstream) -> dict[str, int]:
     path = gs.services.settings.storage.path
-    with sqlite3.connect(path) as db:
-        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+    return {table: db_count(path, table) for table in TABLES}
 
 
 async def raw_request(

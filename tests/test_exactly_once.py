@@ -15,6 +15,7 @@ import pytest
 
 from service.eventlog import event as ev
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import database, db_value, wait_until
 from tests.sse_reader import SSEReader
 
 PROJECTS = 2
@@ -67,7 +68,7 @@ async def _poller(
 
 
 def _sessions(db: Path) -> list[sqlite3.Row]:
-    with sqlite3.connect(db) as conn:
+    with database(db) as conn:
         conn.row_factory = sqlite3.Row
         return list(
             conn.execute(
@@ -123,12 +124,12 @@ async def test_many_resuming_clients_with_pollers_each_get_the_log_exactly(
 
 async def _until_sessions_closed(gs: Genstream, tmp_path: Path) -> None:
     # A session's close is written by the journal after the stream ends: wait for every one.
-    async with asyncio.timeout(10):
-        while True:
-            with sqlite3.connect(tmp_path / "genstream.db") as conn:
-                (open_sessions,) = conn.execute(
-                    "SELECT count(*) FROM stream_sessions WHERE ended_at IS NULL"
-                ).fetchone()
-            if open_sessions == 0 and (await gs.json("GET", "/api/connections"))["total"] == 0:
-                return
-            await asyncio.sleep(0.05)
+    async def all_closed() -> bool:
+        open_sessions = db_value(
+            tmp_path / "genstream.db", "SELECT count(*) FROM stream_sessions WHERE ended_at IS NULL"
+        )
+        if open_sessions != 0:
+            return False
+        return bool((await gs.json("GET", "/api/connections"))["total"] == 0)
+
+    await wait_until(all_closed, timeout=10, interval=0.05)

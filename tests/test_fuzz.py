@@ -8,7 +8,6 @@ import asyncio
 import http.client
 import json
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from service.config import Settings
 from service.web.app import create_app
 from service.web.openapi import describe
 from tests.conftest import LOOPBACK, MakeServer
+from tests.helpers import database, db_rows
 
 TOKEN = "fuzz-token"
 EXAMPLES = 800
@@ -154,16 +154,14 @@ def requests(
 
 
 def _snapshot(db_path: str) -> list[Any]:
-    with sqlite3.connect(db_path) as db:
+    with database(db_path) as db:
         return [db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() for table in TABLES]
 
 
 def _active(db_path: str) -> bool:
-    with sqlite3.connect(db_path) as db:
-        row = db.execute(
-            "SELECT 1 FROM generations WHERE status IN ('pending', 'running')"
-        ).fetchone()
-    return row is not None
+    return bool(
+        db_rows(db_path, "SELECT 1 FROM generations WHERE status IN ('pending', 'running')")
+    )
 
 
 def _send(

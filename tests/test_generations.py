@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import socket
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from service.eventlog import event as ev
 from service.eventlog.journal import Emit
 from service.storage.sqlite import Tx
 from tests.conftest import Genstream, MakeServer, client_session
+from tests.helpers import db_value, wait_until
 from tests.sse_reader import SSEReader
 
 
@@ -242,10 +242,9 @@ async def test_restart_finishes_a_generation_left_running_as_interrupted(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    with sqlite3.connect(tmp_path / "genstream.db") as db:
-        (status,) = db.execute(
-            "SELECT status FROM generations WHERE id = ?", (generation_id,)
-        ).fetchone()
+    status = db_value(
+        tmp_path / "genstream.db", "SELECT status FROM generations WHERE id = ?", (generation_id,)
+    )
     assert status == "running"
 
     gs = await make_server()  # same database file
@@ -306,6 +305,4 @@ async def test_submit_cancelled_while_committing_still_starts_its_generation(
 
 
 async def _journal_queue_reaches(gs: Genstream, jobs: int) -> None:
-    async with asyncio.timeout(5):
-        while gs.services.journal.pending != jobs:  # noqa: ASYNC110 - no event to await
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: gs.services.journal.pending == jobs, timeout=5, interval=0.01)

@@ -3,8 +3,6 @@ event retention."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from typing import Any
 
 import aiohttp
@@ -13,6 +11,7 @@ import pytest
 from service.eventlog import event as ev
 from service.eventlog import retention
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import db_rows, wait_until
 from tests.sse_reader import SSEReader
 
 
@@ -42,14 +41,16 @@ async def test_open_streams_are_limited_per_project_and_in_all(make_server: Make
 
         # A stream that ends frees its place.
         held.pop(0).close()
-        async with asyncio.timeout(5):
-            while True:
-                again = await _open(gs, second)
-                if again.status == 200:
-                    held.append(again)
-                    break
-                again.close()
-                await asyncio.sleep(0.02)
+
+        async def reopened() -> bool:
+            again = await _open(gs, second)
+            if again.status == 200:
+                held.append(again)
+                return True
+            again.close()
+            return False
+
+        await wait_until(reopened, timeout=5)
     finally:
         for response in held:
             response.close()
@@ -109,8 +110,7 @@ async def test_generations_over_max_concurrent_wait_their_turn_as_pending(
 
 
 def _event_generations(db_path: str) -> list[str | None]:
-    with sqlite3.connect(db_path) as db:
-        return [row[0] for row in db.execute("SELECT generation_id FROM events ORDER BY id")]
+    return [row[0] for row in db_rows(db_path, "SELECT generation_id FROM events ORDER BY id")]
 
 
 async def test_retention_keeps_the_newest_events_and_never_an_active_generation(
@@ -157,8 +157,10 @@ async def test_retention_runs_on_its_interval(make_server: MakeServer) -> None:
     )
     project_id = await gs.new_project()
     await gs.wait_generation((await gs.generate(project_id))["generation"]["id"])
-    async with asyncio.timeout(5):
-        while len(await gs.events(project_id)) > 1:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+    async def pruned() -> bool:
+        return len(await gs.events(project_id)) <= 1
+
+    await wait_until(pruned, timeout=5)
     async with gs.http.get(f"{gs.url}/metrics") as response:
         assert "genstream_events_pruned_total 0.0" not in await response.text()

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from service.eventlog import event as ev
+from tests.helpers import wait_until
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader
 
@@ -123,6 +124,4 @@ async def test_thousand_streams_come_and_go_without_leaks(tmp_path: Path) -> Non
 
 
 async def _until_settled(server: ServerProcess, tasks: float, fds: int) -> None:
-    async with asyncio.timeout(20):
-        while not await _settled(server, tasks, fds):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+    await wait_until(lambda: _settled(server, tasks, fds), timeout=20, interval=0.1)

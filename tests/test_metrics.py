@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 from pathlib import Path
 
 import orjson
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.eventlog import event as ev
 from tests.conftest import Genstream
+from tests.helpers import db_count
 from tests.process import server_process
 from tests.sse_reader import SSEReader
 
@@ -27,12 +27,6 @@ async def _scrape(gs: Genstream) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     }
 
 
-def _stored_events(gs: Genstream) -> int:
-    with sqlite3.connect(gs.services.settings.storage.path) as db:
-        (count,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
-    return int(count)
-
-
 async def test_metrics_count_streams_events_commits_and_generations(gs: Genstream) -> None:
     project_id = await gs.new_project()
     before = await _scrape(gs)
@@ -42,7 +36,7 @@ async def test_metrics_count_streams_events_commits_and_generations(gs: Genstrea
         assert (await _scrape(gs))[("genstream_open_streams", ())] == 1
         generation_id = (await gs.generate(project_id))["generation"]["id"]
         await gs.wait_generation(generation_id)
-    stored = _stored_events(gs)
+    stored = db_count(gs.services.settings.storage.path, "events")
     live = await _scrape(gs)
     # Once it is over, its stream replays every one of its events from SQLite.
     async with gs.http.get(f"{gs.url}/api/generations/{generation_id}/stream") as response:

@@ -31,8 +31,9 @@ from tests.fake_openai import (
     split,
     text_events,
 )
+from tests.helpers import stored_files
 from tests.process import ServerProcess, server_process
-from tests.test_openai_provider import KEY, Outcome, run, stored_files
+from tests.test_openai_provider import KEY, Outcome, run
 
 TIMEOUT = 60.0
 MIB = 1024 * 1024

@@ -27,9 +27,10 @@ from tests.fake_openai import (
     event,
     text_events,
 )
+from tests.helpers import stored_files
 from tests.sse_reader import Frame, parse_frame
 from tests.test_cli import read_lines_until, start_cli, tree
-from tests.test_openai_provider import openai_server, stored_files
+from tests.test_openai_provider import openai_server
 
 # That module's fixtures, found by their names here: the model's server, the API key.
 fake = test_openai_provider.fake

@@ -46,6 +46,7 @@ from tests.fake_openai import (
     text_events,
     usage_chunk,
 )
+from tests.helpers import stored_files
 from tests.sse_reader import SSEReader
 
 KEY = "sk-test-0123456789"
@@ -121,15 +122,6 @@ async def run(
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assistant = next(m for m in messages if m["id"] == generation["assistant_message_id"])
     return Outcome(project_id, generation, events, assistant)
-
-
-async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
-    listed = (await gs.json("GET", f"/api/projects/{project_id}/files"))["files"]
-    files = {}
-    for entry in listed:
-        file = await gs.json("GET", f"/api/projects/{project_id}/files/{entry['path']}")
-        files[entry["path"]] = file["content"]
-    return files
 
 
 # --- a normal run ---------------------------------------------------------------------

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 from pathlib import Path
 
 from service.eventlog import event as ev
 from tests.conftest import MakeServer
+from tests.helpers import database
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import Frame, SSEReader
 
@@ -35,7 +35,7 @@ async def _read_until_deltas(server: ServerProcess, project_id: str, count: int)
 
 
 def _integrity(db_path: Path) -> tuple[str, list[str]]:
-    with sqlite3.connect(db_path) as db:
+    with database(db_path) as db:
         (check,) = db.execute("PRAGMA integrity_check").fetchone()
         statuses = [row[0] for row in db.execute("SELECT status FROM generations")]
     return check, statuses

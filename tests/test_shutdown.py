@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sqlite3
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from service.eventlog import event as ev
 from service.web.server import EXIT_FORCED
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import database, wait_until
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader
 
@@ -95,7 +95,7 @@ async def test_signal_ends_streams_and_generations_then_exits_within_the_grace(
     db_path = server.db_path
     # Checkpointed and closed: nothing left in the write-ahead log.
     assert _wal_bytes(db_path) == 0
-    with sqlite3.connect(db_path) as db:
+    with database(db_path) as db:
         for generation_id in generations:
             status, code_, retryable = db.execute(
                 "SELECT status, error_code, retryable FROM generations WHERE id = ?",
@@ -145,9 +145,11 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                 f"GET /api/projects/{project_id}/stream?last_event_id=0 HTTP/1.1\r\n"
                 "Host: x\r\n\r\n".encode()
             )
-            async with asyncio.timeout(10):
-                while (await server.json("GET", "/api/connections"))["total"] != 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+
+            async def stuck_is_open() -> bool:
+                return bool((await server.json("GET", "/api/connections"))["total"] == 1)
+
+            await wait_until(stuck_is_open, timeout=10, interval=0.05)
             server.signal(signal.SIGTERM)
             await _until_in_log(server, "shutting down")
             assert server.process.returncode is None  # still waiting on the stuck stream
@@ -165,9 +167,7 @@ def _wal_bytes(db_path: Path) -> int:
 
 async def _until_in_log(server: ServerProcess, text: str) -> None:
     """Wait for a line in the child's log (the only thing it tells from outside)."""
-    async with asyncio.timeout(10):
-        while text not in server.log():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    await wait_until(lambda: text in server.log(), timeout=10, interval=0.05)
 
 
 async def test_shutdown_says_goodbye_to_streams(make_server: MakeServer) -> None:

@@ -10,7 +10,6 @@ import os
 import resource
 import shutil
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +20,7 @@ import pytest
 
 from service.eventlog import event as ev
 from tests.conftest import MakeServer
+from tests.helpers import db_count, db_rows, wait_until
 from tests.process import run_to_exit, server_process
 from tests.sse_reader import Frame, SSEReader
 
@@ -72,12 +72,6 @@ async def _terminal(reader: SSEReader) -> Frame:
     return frames[-1]
 
 
-def _count(db_path: str, table: str) -> int:
-    with sqlite3.connect(db_path) as db:
-        (count,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-    return int(count)
-
-
 async def test_database_locked_by_another_process(
     make_server: MakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -87,7 +81,7 @@ async def test_database_locked_by_another_process(
     generation_id = (await gs.generate(project_id))["generation"]["id"]
     response, reader = await _running_stream(gs.http, gs.url, generation_id)
     try:
-        projects = _count(db_path, "projects")
+        projects = db_count(db_path, "projects")
         async with _write_lock(db_path):
             error = await gs.json("POST", "/api/projects", 503, json={"name": "x"})
             assert error["error"]["code"] == "storage_unavailable"
@@ -96,9 +90,7 @@ async def test_database_locked_by_another_process(
             await gs.json("GET", f"/api/projects/{project_id}")
             await gs.json("GET", f"/api/generations/{generation_id}")
             # Hold the lock until the generation has failed to write its next events.
-            async with asyncio.timeout(10):
-                while not _logged(caplog, "could not be journaled"):  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: _logged(caplog, "could not be journaled"), timeout=10)
         # Its end could not be written either, until now: it ends, and its stream too.
         terminal = await _terminal(reader)
     finally:
@@ -106,7 +98,7 @@ async def test_database_locked_by_another_process(
     assert terminal.event == ev.GENERATION_FAILED
     assert terminal.json["code"] == "storage_unavailable"
     assert terminal.json["retryable"] is True
-    assert _count(db_path, "projects") == projects
+    assert db_count(db_path, "projects") == projects
     assert _logged(caplog, "database is locked")
     # And the process goes on.
     await gs.new_project()
@@ -144,9 +136,9 @@ async def test_disk_full_fails_the_write_and_the_generation_then_recovers(
                 assert error["error"]["code"] == "storage_unavailable"
                 await server.json("GET", f"/api/projects/{project_id}")
                 # Keep the disk full until the generation has failed to write.
-                async with asyncio.timeout(10):
-                    while "could not be journaled" not in server.log():  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
+                await wait_until(
+                    lambda: "could not be journaled" in server.log(), timeout=10, interval=0.05
+                )
             terminal = await _terminal(reader)
         finally:
             response.close()
@@ -156,8 +148,7 @@ async def test_disk_full_fails_the_write_and_the_generation_then_recovers(
         await server.new_project()  # space again: the process went on
         server.signal(signal.SIGTERM)
         assert await server.wait(10) == 0
-    with sqlite3.connect(tmp_path / "genstream.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db_rows(tmp_path / "genstream.db", "PRAGMA integrity_check") == [("ok",)]
 
 
 # Root writes to any file whatever its mode: drop the capabilities that let it.

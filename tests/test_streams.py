@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
-from typing import Any
 
 import aiohttp
 import pytest
@@ -13,15 +11,8 @@ import pytest
 from service.eventlog import event as ev
 from service.eventlog.event import Draft
 from tests.conftest import LOOPBACK, Genstream, MakeServer
+from tests.helpers import database, db_rows, wait_until
 from tests.sse_reader import SSEReader
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Re-check a condition seen over HTTP until it holds, bounded in time. The server
-    has no event to await for "a stream was released": asking again is the only way."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def session_reasons(gs: Genstream, count: int = 1) -> list[str]:
@@ -30,11 +21,11 @@ async def session_reasons(gs: Genstream, count: int = 1) -> list[str]:
 
     async def closed() -> bool:
         nonlocal reasons
-        with sqlite3.connect(gs.services.settings.storage.path) as db:
-            rows = db.execute(
-                "SELECT close_reason FROM stream_sessions WHERE ended_at IS NOT NULL "
-                "ORDER BY started_at, rowid"
-            ).fetchall()
+        rows = db_rows(
+            gs.services.settings.storage.path,
+            "SELECT close_reason FROM stream_sessions WHERE ended_at IS NOT NULL "
+            "ORDER BY started_at, rowid",
+        )
         reasons = [row[0] for row in rows]
         return len(reasons) >= count
 
@@ -356,7 +347,7 @@ async def test_stream_failing_after_its_first_bytes_is_dropped_not_answered_twic
 ) -> None:
     project_id = await gs.new_project()
     # The replay's read now fails inside the stream, after the headers went out.
-    with sqlite3.connect(gs.services.settings.storage.path) as db:
+    with database(gs.services.settings.storage.path) as db:
         db.execute("ALTER TABLE events RENAME TO events_elsewhere")
     url = f"{gs.url}/api/projects/{project_id}/stream"
     body = b""

@@ -1,0 +1,78 @@
+"""What the tests share: waiting on a condition with a timeout, reading the database a
+server writes, and the files a project holds."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Genstream
+
+POLL_SECONDS = 0.02
+
+# A check made again until it holds: plain, or a coroutine (one over HTTP).
+Condition = Callable[[], Awaitable[bool] | bool]
+
+
+async def wait_until(
+    condition: Condition, timeout: float = 5.0, interval: float = POLL_SECONDS
+) -> None:
+    """Check `condition` every `interval` seconds until it holds, for at most `timeout`.
+    Only for what gives no event to await (a stream released, a line in a child's log,
+    a row written after the response): asking again is the only way to know."""
+    async with asyncio.timeout(timeout):
+        while not await _holds(condition):  # noqa: ASYNC110 - there is no event to await
+            await asyncio.sleep(interval)
+
+
+async def _holds(condition: Condition) -> bool:
+    result = condition()
+    if isinstance(result, bool):
+        return result
+    return await result
+
+
+DbPath = str | Path
+
+
+@contextmanager
+def database(path: DbPath) -> Iterator[sqlite3.Connection]:
+    """A connection of the test's own to a server's SQLite file, beside the server's:
+    committed (or rolled back) and closed when the block ends."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
+def db_rows(path: DbPath, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Every row of one query, as tuples."""
+    with database(path) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def db_value(path: DbPath, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The one value of a query that gives one row of one column (a count, a status)."""
+    ((value,),) = db_rows(path, sql, params)
+    return value
+
+
+def db_count(path: DbPath, table: str) -> int:
+    """How many rows `table` holds (a table name the test wrote, never input)."""
+    return int(db_value(path, f"SELECT COUNT(*) FROM {table}"))
+
+
+async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
+    """Each file of the project (path: content), read back through the API."""
+    listed = (await gs.json("GET", f"/api/projects/{project_id}/files"))["files"]
+    files = {}
+    for entry in listed:
+        file = await gs.json("GET", f"/api/projects/{project_id}/files/{entry['path']}")
+        files[entry["path"]] = file["content"]
+    return files
