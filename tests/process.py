@@ -66,6 +66,11 @@ class ServerProcess:
         project_id: str = (await self.json("POST", "/api/projects", status=201, json={}))["id"]
         return project_id
 
+    async def generate(self, project_id: str, prompt: str = "a todo api", **body: Any) -> Any:
+        """Submit a generation, as `Genstream.generate` does in process."""
+        path = f"/api/projects/{project_id}/generations"
+        return await self.json("POST", path, status=202, json={"prompt": prompt, **body})
+
     async def events(self, project_id: str, after: int = 0) -> list[dict[str, Any]]:
         """Every stored event of the project after `after`, paging through /events."""
         return await stored_events(self.json, project_id, after)

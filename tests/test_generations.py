@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from service.eventlog import event as ev
 from service.eventlog.journal import Emit
 from service.storage.sqlite import Tx
-from tests.conftest import Genstream, MakeServer, client_session
+from tests.conftest import Genstream, MakeServer
 from tests.helpers import db_value, wait_until
+from tests.process import server_process
 from tests.sse_reader import SSEReader
 
 
@@ -201,49 +198,22 @@ async def test_project_shows_its_active_generation_and_last_event(
     assert project["status"] == "idle" and project["active_generation"] is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_restart_finishes_a_generation_left_running_as_interrupted(
     tmp_path: Path, make_server: MakeServer
 ) -> None:
     # A real process, killed with SIGKILL in the middle of a generation.
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GENSTREAM_STORAGE_PATH": str(tmp_path / "genstream.db"),
-        "GENSTREAM_OFFLINE_TOKENS_PER_SECOND": "20",
-        "GENSTREAM_SERVER_PORT": str(port),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "serve", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        async with client_session() as http:
-            await _wait_listening(http, url)
-            async with http.post(f"{url}/api/projects", json={}) as response:
-                project_id = (await response.json())["id"]
-            async with http.post(
-                f"{url}/api/projects/{project_id}/generations", json={"prompt": "an api"}
-            ) as response:
-                generation_id = (await response.json())["generation"]["id"]
-            async with http.get(f"{url}/api/generations/{generation_id}/stream") as response:
-                reader = SSEReader(response)
-                while (await reader.event()).event != ev.MESSAGE_DELTA:
-                    pass
-                process.send_signal(signal.SIGKILL)
-                await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with server_process(tmp_path, offline_tokens_per_second="20") as server:
+        project_id = await server.new_project()
+        generation_id = (await server.generate(project_id, "an api"))["generation"]["id"]
+        url = f"{server.url}/api/generations/{generation_id}/stream"
+        async with server.http.get(url) as response:
+            reader = SSEReader(response)
+            while (await reader.event()).event != ev.MESSAGE_DELTA:
+                pass
+            server.signal(signal.SIGKILL)
+            await server.wait(10)
     status = db_value(
-        tmp_path / "genstream.db", "SELECT status FROM generations WHERE id = ?", (generation_id,)
+        server.db_path, "SELECT status FROM generations WHERE id = ?", (generation_id,)
     )
     assert status == "running"
 
@@ -262,17 +232,6 @@ async def test_restart_finishes_a_generation_left_running_as_interrupted(
     assert any(f.event == ev.MESSAGE_DELTA for f in frames)  # what was committed survived
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assert messages[1]["status"] == "error"
-
-
-async def _wait_listening(http: aiohttp.ClientSession, url: str) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                async with http.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
 
 
 async def test_submit_cancelled_while_committing_still_starts_its_generation(
