@@ -59,6 +59,12 @@ async def serve(db: str, port: int, readers: int) -> None:
     config = settings(db, readers)
     app = create_app(config)
     app.router.add_post("/bench/inject", inject)
+    await serve_app(config, app, port)
+
+
+async def serve_app(config: Settings, app: web.Application, port: int) -> None:
+    """Serve genstream's app, with the routes a benchmark added, as `genstream serve`
+    does; announce the port on stdout and run until SIGTERM."""
     server = await start(config, port=port, app=app)
     settle_heap()  # as `genstream serve` does
     try:
