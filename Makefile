@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ haproxy:
 openssl:
 	@$(call system_package,$(OPENSSL),openssl,the HTTP/2 proxy tests)
 
+# The postgres backend's tests run Debian's postgresql in a throwaway cluster of their own
+# (tests/postgres.py: initdb into a temporary folder, a loopback port; no system service).
+# Its binaries live in a versioned folder (/usr/lib/postgresql/15/bin): any version will do.
+POSTGRES_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/missing/bin/initdb)
+postgres:
+	@$(call system_package,$(POSTGRES_INITDB),postgresql,the PostgreSQL backend's tests)
+
 # The EventSource client test runs the npm `eventsource` package (tests/node, pinned by its
 # lockfile) on Node: Debian's nodejs and npm when no npm is on the PATH, then `npm ci`
 # whenever node_modules is missing or older than the lockfile.
@@ -71,7 +78,7 @@ system_package = if test -x $(1); then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); \
 	else echo "make: $(1) is missing and installing $(2) needs root: $(3) will be skipped"; fi
 
-test: $(STAMP) browser nginx caddy haproxy openssl node-deps
+test: $(STAMP) browser nginx caddy haproxy openssl postgres node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
