@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -13,6 +13,9 @@ import pytest
 from service.config import Settings
 from service.web.context import SERVICES, Services
 from service.web.server import RunningServer, start
+
+if TYPE_CHECKING:
+    from tests.postgres import Cluster, Database
 
 LOOPBACK = "127.0.0.1"
 
@@ -122,3 +125,31 @@ async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
 @pytest.fixture
 async def gs(make_server: MakeServer) -> Genstream:
     return await make_server()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """The session's throwaway PostgreSQL cluster (tests/postgres.py), started when a test
+    first asks for it; skipped where PostgreSQL is not installed (`make test` as root
+    installs it)."""
+    from tests.postgres import Cluster, PostgresMissing  # only when a test asks for it
+
+    try:
+        cluster = Cluster.create()
+    except PostgresMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+async def pg_database(postgres: Cluster) -> AsyncIterator[Database]:
+    """A database of this test's own, dropped after it."""
+    from tests.postgres import Database
+
+    database = Database(postgres, await postgres.create_database())
+    yield database
+    await postgres.drop_database(database.name)
