@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from service.eventlog import event as ev
 from service.eventlog.broker import Broker
-from service.eventlog.event import Draft, Event
+from service.eventlog.event import Draft, Event, encode
 from service.eventlog.journal import Emit, Journal, TxFunction
 from service.protocol import GenerationStatus
 from service.storage.interface import Storage, StorageError, Tx
@@ -43,7 +44,7 @@ def ids(events: list[Event]) -> list[int]:
 async def insert_generation(
     tx: Tx, emit: Emit, project_id: str, generation_id: str, client_request_id: str | None
 ) -> None:
-    first = emit(draft(project_id, generation_id, step="created"))
+    first = await emit(draft(project_id, generation_id, step="created"))
     for role in ("user", "assistant"):
         await tx.insert_message(
             f"msg_{generation_id}_{role}", project_id, generation_id, role, "complete", "hi", 1
@@ -129,6 +130,30 @@ class StorageContract:
             assert ids(await storage.events_after(PROJECT, 0, 100, "gen_a")) == [mine[3].id]
             assert await storage.max_event_id() == mine[-1].id
 
+    async def test_an_insert_gives_the_ids_and_returns_the_events_sealed(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        # Straight on the backend: the ids come from the storage, not from the caller.
+        await journal.close()  # the writer loop is the only writer otherwise
+        committed = await storage.commit_events([encode(draft(n=1)), encode(draft(n=2))])
+        tx = storage.transaction()
+        await tx.begin()
+        undone = await tx.insert_events([encode(draft(n=3))])
+        await tx.rollback()
+        tx = storage.transaction()
+        await tx.begin()
+        inserted = await tx.insert_events([encode(draft(n=4)), encode(draft(OTHER, n=5))])
+        await tx.commit()
+        every = committed + inserted
+        assert ids(every) == sorted(ids(every)) and len(set(ids(every))) == 4
+        assert undone[0].id > committed[-1].id  # given, then undone with its transaction
+        for event in every + undone:
+            body = orjson.loads(event.data)
+            assert body["id"] == event.id and event.frame.startswith(b"id: %d\n" % event.id)
+        stored = await storage.events_after(PROJECT, 0, 10)
+        assert [orjson.loads(e.data)["n"] for e in stored] == [1, 2, 4]
+        assert stored == committed + inserted[:1]
+
     async def test_a_new_journal_numbers_on_after_the_stored_events(
         self, storage: Storage, journal: Journal
     ) -> None:
@@ -194,7 +219,7 @@ class StorageContract:
         def job(project_id: str, fails: bool) -> TxFunction[str]:
             async def write(tx: Tx, emit: Emit) -> str:
                 await tx.insert_project(project_id, project_id, 1)
-                emit(draft(project_id, n=1))
+                await emit(draft(project_id, n=1))
                 if fails:
                     raise OwnMistake(project_id)
                 return project_id

@@ -45,7 +45,7 @@ async def test_a_payload_that_cannot_be_encoded_fails_its_caller_alone(journal: 
 
 async def test_the_writer_goes_on_after_a_job_fails(journal: Journal) -> None:
     async def broken(tx: Tx, emit: Emit) -> None:
-        emit(draft(n=1))
+        await emit(draft(n=1))
         raise RuntimeError("the caller's own bug")
 
     async with asyncio.timeout(5):
@@ -54,3 +54,32 @@ async def test_the_writer_goes_on_after_a_job_fails(journal: Journal) -> None:
         events = await journal.append(draft(n=2))
     assert events[0].id == 1  # the failed job's event was rolled back with it
     assert journal.last_published_id == 1
+
+
+async def test_a_payload_carrying_the_events_own_id_fails_its_caller_alone(
+    journal: Journal,
+) -> None:
+    bad = journal.append(draft(id=7))  # "id" is the event's own field, given by the storage
+    good = journal.append(draft(n=1))
+    async with asyncio.timeout(5):
+        with pytest.raises(ValueError, match="'id'"):
+            await bad
+        events = await good
+    assert events[0].id == 1
+
+
+async def test_appends_and_jobs_of_one_batch_get_ids_in_the_order_they_arrived(
+    journal: Journal,
+) -> None:
+    async def job(tx: Tx, emit: Emit) -> int:
+        return (await emit(draft(n=2))).id
+
+    async with asyncio.timeout(5):
+        # Queued together: one transaction, appends on both sides of a job.
+        first = journal.append(draft(n=1))
+        middle = journal.transact(job)
+        last = journal.append(draft(n=3), draft(n=4))
+        assert [e.id for e in await first] == [1]
+        assert await middle == 2
+        assert [e.id for e in await last] == [3, 4]
+    assert journal.last_published_id == 4

@@ -94,7 +94,7 @@ async def _start_generation(tx: Tx, emit: Emit) -> None:
 
 async def _end_generation(tx: Tx, emit: Emit) -> None:
     await tx.update_generation(GENERATION, status="completed")
-    emit(Draft(PROJECT, GENERATION, ev.GENERATION_COMPLETED, {}))
+    await emit(Draft(PROJECT, GENERATION, ev.GENERATION_COMPLETED, {}))
 
 
 Read = Callable[[Storage], Awaitable[Any]]

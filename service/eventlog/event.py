@@ -73,26 +73,48 @@ def cursor_frame(last_event_id: int) -> bytes:
     return sse.frame(data, event=STREAM_CURSOR, event_id=last_event_id)
 
 
-def seal(draft: Draft, event_id: int) -> Event:
-    """Give a draft its id: build the flat object once, and its frame once."""
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A draft encoded but for its id: the flat object's members after `"id"`.
+
+    The journal encodes (a payload orjson refuses fails its caller alone, before any
+    write); the storage gives the id as it inserts, and seals."""
+
+    draft: Draft
+    rest: bytes  # b'"type":...}': the object's JSON with its opening brace and id cut off
+
+    def seal(self, event_id: int) -> Event:
+        """Give the event its id: its data and its frame are built here, once."""
+        draft = self.draft
+        data = b'{"id":%d,%b' % (event_id, self.rest)
+        return Event(
+            id=event_id,
+            project_id=draft.project_id,
+            generation_id=draft.generation_id,
+            type=draft.type,
+            ts=draft.ts,
+            data=data,
+            frame=sse.frame(data, event=draft.type, event_id=event_id),
+        )
+
+
+def encode(draft: Draft) -> Encoded:
+    """Encode everything but the id (TypeError for a payload orjson cannot encode)."""
+    if "id" in draft.payload:
+        raise ValueError("an event's payload cannot carry the event's own field 'id'")
     body = {
-        "id": event_id,
         "type": draft.type,
         "project_id": draft.project_id,
         "generation_id": draft.generation_id,
         "ts": draft.ts,
         **draft.payload,
     }
-    data = orjson.dumps(body)
-    return Event(
-        id=event_id,
-        project_id=draft.project_id,
-        generation_id=draft.generation_id,
-        type=draft.type,
-        ts=draft.ts,
-        data=data,
-        frame=sse.frame(data, event=draft.type, event_id=event_id),
-    )
+    return Encoded(draft, orjson.dumps(body)[1:])
+
+
+def seal(draft: Draft, event_id: int) -> Event:
+    """A draft with its id (what the storage does through encode and Encoded.seal)."""
+    return encode(draft).seal(event_id)
 
 
 def from_row(

@@ -1,9 +1,10 @@
-"""The journal: the one way an event reaches anyone. Commit to SQLite, then publish.
+"""The journal: the one way an event reaches anyone. Commit to storage, then publish.
 
-One writer task owns the write connection. Callers hand it jobs; everything queued
-while the previous commit ran goes into the next transaction (group commit). Event ids
-are given here, in the order jobs arrive, so ids are unique and strictly increasing for
-the whole database and every topic sees them in id order.
+One writer task owns the storage's writes. Callers hand it jobs; everything queued
+while the previous commit ran goes into the next transaction (group commit). The
+journal encodes each event; the storage gives its id as it inserts it, in the order
+jobs arrive, strictly increasing within a project (the backend's own rule says how it
+keeps commit order equal to id order), so every topic sees its events in id order.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from service.errors import JournalClosed, StorageUnavailable
 from service.eventlog.broker import Broker
-from service.eventlog.event import Draft, Event, seal
+from service.eventlog.event import Draft, Encoded, Event, encode
 from service.storage.interface import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Emit = Callable[[Draft], Event]
+# Inserts one event in the job's transaction at once and returns it, with its id.
+Emit = Callable[[Draft], Awaitable[Event]]
 TxFunction = Callable[[Tx, Emit], Awaitable[T]]
 
 
@@ -47,13 +49,12 @@ class JournalStats:
 
 
 class Journal:
-    def __init__(self, storage: Storage, broker: Broker, next_id: int) -> None:
+    def __init__(self, storage: Storage, broker: Broker, last_published_id: int) -> None:
         self._storage = storage
         self._broker = broker
-        self._next_id = next_id
         # The newest id handed to the broker: a stream subscribing now gets every event
         # after it, so it is where a stream with no cursor starts.
-        self.last_published_id = next_id - 1
+        self.last_published_id = last_published_id
         self._queue: list[_Append | _Transact[Any]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -64,7 +65,7 @@ class Journal:
 
     @classmethod
     async def start(cls, storage: Storage, broker: Broker) -> Journal:
-        journal = cls(storage, broker, await storage.max_event_id() + 1)
+        journal = cls(storage, broker, await storage.max_event_id())
         journal._task = asyncio.create_task(journal._run(), name="journal-writer")
         return journal
 
@@ -129,49 +130,56 @@ class Journal:
 
     async def _commit(self, batch: list[_Append | _Transact[Any]]) -> None:
         tx = self._storage.transaction()
-        first_id = self._next_id
-        appended: list[Event] = []
         published: list[Event] = []
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        # Appends encoded and waiting for their insert, kept in arrival order.
+        waiting: list[tuple[_Append, list[Encoded]]] = []
         started = time.perf_counter()
 
-        def seal_append(job: _Append) -> list[Event]:
-            mark = self._next_id
+        def take(job: _Append) -> None:
             try:
-                events = [self._seal(draft) for draft in job.drafts]
+                waiting.append((job, [encode(draft) for draft in job.drafts]))
             except (TypeError, ValueError) as exc:
-                # A payload orjson cannot encode, an event name SSE cannot carry: that
-                # caller's mistake fails that caller alone.
-                self._next_id = mark
+                # A payload orjson cannot encode: that caller's mistake fails that caller
+                # alone, before anything is written.
                 outcomes.append((job.future, None, exc))
-                return []
-            appended.extend(events)
-            outcomes.append((job.future, events, None))
-            return events
+
+        def settle(events: Sequence[Event]) -> None:
+            """Hand each waiting append its share of the events just inserted."""
+            start = 0
+            for job, encoded in waiting:
+                mine = list(events[start : start + len(encoded)])
+                start += len(encoded)
+                outcomes.append((job.future, mine, None))
+            published.extend(events)
+            waiting.clear()
 
         try:
-            appends = [job for job in batch if isinstance(job, _Append)]
-            if len(appends) == len(batch):
+            if all(isinstance(job, _Append) for job in batch):
                 # Appends alone (a generation's chunks, the usual batch): no caller's
-                # statement to run, so one trip to the database thread instead of three.
-                for append in appends:
-                    seal_append(append)
-                published = appended
-                await self._storage.commit_events(appended)
+                # statement to run, so the storage commits them in one go (one trip to
+                # the database thread on SQLite, where BEGIN, INSERT, COMMIT cost three).
+                for job in batch:
+                    assert isinstance(job, _Append)
+                    take(job)
+                if waiting:
+                    settle(await self._storage.commit_events(_flat(waiting)))
             else:
                 await tx.begin()
                 for job in batch:
                     if isinstance(job, _Append):
-                        published.extend(seal_append(job))
-                    else:
-                        value, events, error = await self._run_job(tx, job)
-                        published.extend(events)
-                        outcomes.append((job.future, value, error))
-                await tx.insert_events(appended)
+                        take(job)
+                        continue
+                    if waiting:  # the appends before this job get the lower ids
+                        settle(await tx.insert_events(_flat(waiting)))
+                    value, events, error = await self._run_job(tx, job)
+                    published.extend(events)
+                    outcomes.append((job.future, value, error))
+                if waiting:
+                    settle(await tx.insert_events(_flat(waiting)))
                 await tx.commit()
         except StorageError as exc:
             await tx.rollback()
-            self._next_id = first_id
             self.stats.failed_commits += 1
             log.error("journal commit of %d jobs failed: %s", len(batch), exc)
             failure = StorageUnavailable(f"the database refused the write: {exc}")
@@ -184,8 +192,8 @@ class Journal:
         self.stats.events += len(published)
         if self.on_commit is not None:
             self.on_commit(elapsed)
-        # Publish only what is durable, in id order (jobs were sealed in order): each
-        # topic's events together, so a subscriber is handed the whole commit at once.
+        # Publish only what is durable, in id order (the storage gave ids in job order):
+        # each topic's events together, so a subscriber is handed the whole commit at once.
         if published:
             self.last_published_id = published[-1].id
         by_topic: dict[str, list[Event]] = {}
@@ -204,28 +212,25 @@ class Journal:
     async def _run_job(
         self, tx: Tx, job: _Transact[Any]
     ) -> tuple[Any, list[Event], BaseException | None]:
-        mark = self._next_id
         emitted: list[Event] = []
 
-        def emit(draft: Draft) -> Event:
-            event = self._seal(draft)
+        async def emit(draft: Draft) -> Event:
+            (event,) = await tx.insert_events([encode(draft)])
             emitted.append(event)
             return event
 
         await tx.savepoint()
         try:
             value = await job.fn(tx, emit)
-            await tx.insert_events(emitted)
         except StorageError:
             raise  # the database itself failed: the whole batch fails
         except Exception as exc:
+            # The savepoint undoes the job's rows and hands its ids back to the storage.
             await tx.rollback_to_savepoint()
-            self._next_id = mark
             return None, [], exc
         await tx.release()
         return value, emitted, None
 
-    def _seal(self, draft: Draft) -> Event:
-        event = seal(draft, self._next_id)
-        self._next_id += 1
-        return event
+
+def _flat(waiting: list[tuple[_Append, list[Encoded]]]) -> list[Encoded]:
+    return [encoded for _, batch in waiting for encoded in batch]

@@ -42,7 +42,7 @@ from service.generation.text import whole_characters
 from service.generation.validation import check_file
 from service.metrics import Metrics
 from service.protocol import ACTIVE_STATUSES
-from service.storage.sqlite import Storage, Tx
+from service.storage.interface import Storage, Tx
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ class Generations:
             gid = new_id("gen")
             user = _message(project_id, gid, "user", "complete", prompt, at)
             assistant = _message(project_id, gid, "assistant", "pending", PENDING_CONTENT, at)
-            first = emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": user}, at))
-            emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": assistant}, at))
+            first = await emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": user}, at))
+            await emit(Draft(project_id, gid, ev.MESSAGE_CREATED, {"message": assistant}, at))
             for message in (user, assistant):
                 await tx.insert_message(
                     message["id"],
@@ -333,7 +333,7 @@ class Generations:
             await tx.update_generation(
                 run.generation_id, status="running", started_at=now_ms(), stage="planning"
             )
-            emit(
+            await emit(
                 run.draft(
                     ev.GENERATION_STARTED,
                     stages=pipeline.describe(),
@@ -341,7 +341,7 @@ class Generations:
                     model=model,
                 )
             )
-            emit(_stage_draft(run, pipeline.PLANNING, "active", 0))
+            await emit(_stage_draft(run, pipeline.PLANNING, "active", 0))
 
         await self._journal.transact(start)
 
@@ -474,14 +474,16 @@ class Generations:
                 timings=timings,
                 finished_at=now_ms(),
             )
-            emit(
+            await emit(
                 run.draft(
                     ev.MESSAGE_UPDATED,
                     message=_message_update(run.assistant_message_id, "success", text),
                 )
             )
-            emit(_stage_draft(run, pipeline.COMPLETE, "complete", 100))
-            emit(run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings))
+            await emit(_stage_draft(run, pipeline.COMPLETE, "complete", 100))
+            await emit(
+                run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings)
+            )
 
         await self._journal.transact(finish)
         self._metrics.generations.labels("completed", "").inc()
@@ -494,7 +496,7 @@ class Generations:
 
         async def record(tx: Tx, emit: Emit) -> None:
             await tx.update_generation(run.generation_id, stage=stage.id, progress=progress)
-            emit(_stage_draft(run, stage, status, progress))
+            await emit(_stage_draft(run, stage, status, progress))
 
         await self._journal.transact(record)
         run.progress = progress
@@ -547,13 +549,13 @@ class Generations:
                 timings=timings,
                 finished_at=now_ms(),
             )
-            emit(
+            await emit(
                 run.draft(
                     ev.MESSAGE_UPDATED,
                     message=_message_update(run.assistant_message_id, message_status, text),
                 )
             )
-            emit(terminal)
+            await emit(terminal)
             return True
 
         # In a task of its own: a second cancellation of the generation's task (a cancel,

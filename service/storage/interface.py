@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from service.eventlog.event import Event
+from service.eventlog.event import Encoded, Event
 from service.files import FileRecord
 
 
@@ -30,7 +30,11 @@ class Tx(Protocol):
     async def release(self) -> None: ...
     async def rollback_to_savepoint(self) -> None: ...
 
-    async def insert_events(self, events: Iterable[Event]) -> None: ...
+    async def insert_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        """Insert events, giving each its id: strictly increasing in the order given,
+        and in commit order within a project. Returns them sealed with those ids."""
+        ...
+
     async def insert_project(self, project_id: str, name: str, created_at: int) -> None: ...
     async def project_exists(self, project_id: str) -> bool: ...
     async def insert_message(
@@ -112,8 +116,9 @@ class Storage(Reads, Protocol):
     """A backend: the reads, and the writes only the journal's writer loop makes."""
 
     def transaction(self) -> Tx: ...
-    async def commit_events(self, events: Sequence[Event]) -> None:
-        """Store events as one transaction of their own, outside any Tx."""
+    async def commit_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        """Insert events as one transaction of their own, outside any Tx, giving ids as
+        insert_events does."""
         ...
 
     async def close(self) -> None: ...

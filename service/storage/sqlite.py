@@ -22,7 +22,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import aiosqlite
 import orjson
 
-from service.eventlog.event import Event, from_row, now_ms
+from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
 
@@ -180,6 +180,44 @@ async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
     return conn
 
 
+class _Ids:
+    """Event ids, given as rows are inserted (what the storage promises its callers).
+
+    The writer connection is the only one that writes events, and one transaction at a
+    time (the journal's writer loop), so the next id is the newest row's plus one: what
+    SQLite would give the rowid itself (https://www.sqlite.org/autoinc.html: without
+    AUTOINCREMENT a new rowid is one more than the largest in the table). It is decided
+    before the row is written because the event's JSON carries it. A rolled-back
+    transaction or savepoint hands its ids back, so ids stay dense and ordered.
+    """
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self._marks: list[int] = []  # at BEGIN, then at each open savepoint
+
+    def seal(self, encoded: Sequence[Encoded]) -> list[Event]:
+        first = self.last + 1
+        self.last += len(encoded)
+        return [item.seal(first + offset) for offset, item in enumerate(encoded)]
+
+    def mark(self) -> None:
+        self._marks.append(self.last)
+
+    def release(self) -> None:
+        self._marks.pop()
+
+    def restore(self) -> None:
+        self.last = self._marks.pop()
+
+    def committed(self) -> None:
+        self._marks.clear()
+
+    def rolled_back(self) -> None:
+        if self._marks:  # nothing is open after a commit: a rollback then changes nothing
+            self.last = self._marks[0]
+            self._marks.clear()
+
+
 class _Readers:
     """Reader connections, each lent to one read at a time, each read one trip.
 
@@ -259,10 +297,11 @@ class _Readers:
 @_translating
 class Storage:
     def __init__(
-        self, writer: aiosqlite.Connection, readers: Sequence[aiosqlite.Connection]
+        self, writer: aiosqlite.Connection, readers: Sequence[aiosqlite.Connection], last_id: int
     ) -> None:
         self._writer = writer
         self._readers = _Readers(readers)
+        self._ids = _Ids(last_id)
         self._known_projects: set[str] = set()
 
     @classmethod
@@ -285,6 +324,8 @@ class Storage:
             # may lose the last commits, never corrupt the file.
             await writer.execute("PRAGMA synchronous = NORMAL")
             await _migrate(writer)
+            newest = await writer.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM events")
+            last_id = int(next(iter(newest))[0])
             connections: list[aiosqlite.Connection] = []
             try:
                 for _ in range(readers):
@@ -298,7 +339,7 @@ class Storage:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, connections)
+        return cls(writer, connections, last_id)
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file, then close: a clean stop leaves one
@@ -313,32 +354,42 @@ class Storage:
     # -- writes: only the journal's writer loop calls these -------------------------
 
     def transaction(self) -> SqliteTx:
-        return SqliteTx(self._writer)
+        return SqliteTx(self._writer, self._ids)
 
-    async def commit_events(self, events: Sequence[Event]) -> None:
-        """Store events as one transaction of their own, outside any Tx.
+    async def commit_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        """Insert events as one transaction of their own, outside any Tx.
 
         Up to ROWS_PER_INSERT events go as one multi-row INSERT in autocommit mode: a
         single statement is atomic, and costs one trip to aiosqlite's thread where
         BEGIN, INSERT and COMMIT cost three. A larger batch takes the long way.
         """
-        if not events:
-            return
-        if len(events) > ROWS_PER_INSERT:
+        if not encoded:
+            return []
+        if len(encoded) > ROWS_PER_INSERT:
             tx = self.transaction()
             await tx.begin()
             try:
-                await tx.insert_events(events)
+                events = await tx.insert_events(encoded)
                 await tx.commit()
             except BaseException:
                 await tx.rollback()
                 raise
-            return
+            return events
+        self._ids.mark()
+        events = self._ids.seal(encoded)
         values = [
             v for e in events for v in (e.id, e.project_id, e.generation_id, e.type, e.ts, e.data)
         ]
         rows = ", ".join(("(?, ?, ?, ?, ?, ?)",) * len(events))
-        await self._writer.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {rows}", values)
+        try:
+            await self._writer.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {rows}", values
+            )
+        except BaseException:
+            self._ids.restore()
+            raise
+        self._ids.release()
+        return events
 
     # -- reads ---------------------------------------------------------------------
 
@@ -443,27 +494,34 @@ class Storage:
 class SqliteTx:
     """Statements run inside the writer loop's open transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, ids: _Ids) -> None:
         self._conn = conn
+        self._ids = ids
 
     async def begin(self) -> None:
         await self._conn.execute("BEGIN IMMEDIATE")
+        self._ids.mark()
 
     async def commit(self) -> None:
         await self._conn.execute("COMMIT")
+        self._ids.committed()
 
     async def rollback(self) -> None:
+        self._ids.rolled_back()
         # SQLite may have rolled back already (after SQLITE_FULL, say): nothing is open.
         with contextlib.suppress(sqlite3.OperationalError):
             await self._conn.execute("ROLLBACK")
 
     async def savepoint(self) -> None:
         await self._conn.execute("SAVEPOINT job")
+        self._ids.mark()
 
     async def release(self) -> None:
         await self._conn.execute("RELEASE job")
+        self._ids.release()
 
     async def rollback_to_savepoint(self) -> None:
+        self._ids.restore()
         await self._conn.execute("ROLLBACK TO job")
         await self._conn.execute("RELEASE job")
 
@@ -471,11 +529,13 @@ class SqliteTx:
         async with self._conn.execute(sql, params) as cursor:
             return await cursor.fetchone()
 
-    async def insert_events(self, events: Iterable[Event]) -> None:
+    async def insert_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        events = self._ids.seal(encoded)
         await self._conn.executemany(
             f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [(e.id, e.project_id, e.generation_id, e.type, e.ts, e.data) for e in events],
         )
+        return events
 
     async def insert_project(self, project_id: str, name: str, created_at: int) -> None:
         await self._conn.execute(

@@ -12,7 +12,7 @@ from service.errors import ApiError, NotFound, bad_request
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
-from service.storage.sqlite import Tx
+from service.storage.interface import Tx
 from service.web.context import SERVICES, Services
 from service.web.params import MAX_INTEGER, non_negative_int
 from service.web.streams import StreamTarget, parse_cursor, stream

@@ -24,7 +24,7 @@ from service.eventlog.event import Event, cursor_frame, now_ms
 from service.eventlog.journal import Emit, TxFunction
 from service.metrics import Metrics
 from service.protocol import ACTIVE_STATUSES, CloseReason
-from service.storage.sqlite import Tx
+from service.storage.interface import Tx
 from service.web.context import Services
 from service.web.params import non_negative_int
 from service.web.sse_response import SSEResponse
