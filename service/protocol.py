@@ -1,6 +1,7 @@
 """The one vocabulary of genstream: event types, statuses and close reasons.
 
-Shared by the server, the Python client and (as the strings these enums hold) the page. A
+Shared by the server, the Python client and the page (which imports it as the ES module
+/static/protocol.js, written from this one at startup: service/web/protocol_js.py). A
 StrEnum member is its string, so it goes into JSON, SQL parameters and SSE fields as it is.
 """
 
@@ -8,6 +9,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Final
+
+# Everything the vocabulary holds: also what the page's /static/protocol.js exports
+# (service/web/protocol_js.py).
+__all__ = [
+    "ACTIVE_STATUSES",
+    "STREAM_CURSOR",
+    "TERMINAL_TYPES",
+    "CloseReason",
+    "EventType",
+    "GenerationStatus",
+]
 
 
 class EventType(StrEnum):

@@ -34,7 +34,7 @@ from service.generation.providers import make_provider
 from service.metrics import Gauges, Metrics
 from service.protocol import CloseReason
 from service.storage.sqlite import Storage, StorageError, Tx
-from service.web import request_log
+from service.web import protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
 from service.web.context import SERVICES, Services
@@ -250,5 +250,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/openapi.json", openapi)
     if (STATIC_DIR / "index.html").exists():
         app.router.add_get("/", index)
+        app.router.add_get(protocol_js.PATH, protocol_js.handler())
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
     return app

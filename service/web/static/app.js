@@ -9,9 +9,10 @@ import { api, filePath, onTokenNeeded, segment } from "./api.js";
 import { ChatView } from "./chat.js";
 import { DebugDrawer } from "./debug.js";
 import { $, el } from "./dom.js";
-import { Feed, replay, TERMINAL_TYPES } from "./feed.js";
+import { Feed, replay } from "./feed.js";
 import { FilesView } from "./files.js";
 import { ProgressView } from "./progress.js";
+import { TERMINAL_TYPES } from "./protocol.js";
 import { DEFAULT_STAGES, ProjectState } from "./state.js";
 
 const CONNECTION_LABELS = {
@@ -222,7 +223,7 @@ function onEvent(event, via) {
   debug.event(event, via);
   schedule();
   // The database is the truth: once a generation ends, take its messages and files.
-  if (TERMINAL_TYPES.has(event.type)) resync(state);
+  if (TERMINAL_TYPES.includes(event.type)) resync(state);
 }
 
 async function resync(current) {

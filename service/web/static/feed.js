@@ -8,26 +8,10 @@
 // below the cursor, so a replay, or a poll racing the stream, never applies an event twice.
 
 import { api, segment, withToken } from "./api.js";
+import { EventType } from "./protocol.js";
 
-export const EVENT_TYPES = [
-  "message.created",
-  "generation.started",
-  "stage",
-  "message.delta",
-  "file.started",
-  "file.delta",
-  "file.completed",
-  "validation",
-  "message.updated",
-  "generation.completed",
-  "generation.failed",
-  "generation.cancelled",
-];
-export const TERMINAL_TYPES = new Set([
-  "generation.completed",
-  "generation.failed",
-  "generation.cancelled",
-]);
+// Every type the log holds gets a listener: a named SSE event reaches only those.
+const EVENT_TYPES = Object.values(EventType);
 
 // Failures in a row (no successful open between them) before also polling /events; the
 // stream is still reopened on its backoff meanwhile, and the first open ends the polling.

@@ -2,8 +2,9 @@
 // file being written.
 
 import { $, duration, el } from "./dom.js";
+import { GenerationStatus } from "./protocol.js";
 
-const ENDED_LABELS = { cancelled: "Cancelled", failed: "Failed" };
+const ENDED_LABELS = { [GenerationStatus.CANCELLED]: "Cancelled", [GenerationStatus.FAILED]: "Failed" };
 
 export class ProgressView {
   constructor() {
@@ -31,7 +32,7 @@ export class ProgressView {
         let status = "todo";
         if (i < index || (i === index && generation.stageStatus === "complete")) status = "done";
         else if (i === index) status = ended ? "stopped" : "active";
-        if (generation?.status === "completed") status = "done";
+        if (generation?.status === GenerationStatus.COMPLETED) status = "done";
         item.dataset.status = status;
         item.append(el("span", "dot", status === "done" ? "\u2713" : String(i + 1)), el("span", "label", stage.label));
         if (status === "active") item.setAttribute("aria-current", "step");

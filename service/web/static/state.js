@@ -1,23 +1,24 @@
 // What the page knows about one project, built from REST snapshots and events.
 // Every event, streamed or polled or replayed, goes through `apply`.
 
+import { ACTIVE_STATUSES, EventType, GenerationStatus } from "./protocol.js";
+
 export const DEFAULT_STAGES = [
   { id: "planning", label: "Planning" },
   { id: "generating", label: "Generating code" },
   { id: "validating", label: "Validating" },
   { id: "complete", label: "Complete" },
 ];
-const ACTIVE = new Set(["pending", "running"]);
 const ENDINGS = {
-  "generation.completed": "completed",
-  "generation.failed": "failed",
-  "generation.cancelled": "cancelled",
+  [EventType.GENERATION_COMPLETED]: GenerationStatus.COMPLETED,
+  [EventType.GENERATION_FAILED]: GenerationStatus.FAILED,
+  [EventType.GENERATION_CANCELLED]: GenerationStatus.CANCELLED,
 };
 
 function newGeneration(id, from = {}) {
   return {
     id,
-    status: from.status ?? "pending",
+    status: from.status ?? GenerationStatus.PENDING,
     stage: from.stage ?? null,
     stageStatus: "active",
     progress: from.progress ?? 0,
@@ -41,7 +42,7 @@ export class ProjectState {
   }
 
   get generating() {
-    return this.generation !== null && ACTIVE.has(this.generation.status);
+    return this.generation !== null && ACTIVE_STATUSES.includes(this.generation.status);
   }
 
   touch(...parts) {
@@ -111,7 +112,7 @@ export class ProjectState {
   generationFor(event) {
     if (!event.generation_id) return null;
     if (this.generation?.id !== event.generation_id) {
-      if (event.type !== "message.created" && event.type !== "generation.started") return null;
+      if (event.type !== EventType.MESSAGE_CREATED && event.type !== EventType.GENERATION_STARTED) return null;
       this.generation = newGeneration(event.generation_id);
     }
     return this.generation;
@@ -120,14 +121,14 @@ export class ProjectState {
   apply(event) {
     const generation = this.generationFor(event);
     switch (event.type) {
-      case "message.created":
+      case EventType.MESSAGE_CREATED:
         this.upsertMessage(event.message);
         break;
-      case "generation.started":
-        generation.status = "running";
+      case EventType.GENERATION_STARTED:
+        generation.status = GenerationStatus.RUNNING;
         generation.stages = event.stages?.length ? event.stages : DEFAULT_STAGES;
         break;
-      case "stage": {
+      case EventType.STAGE: {
         if (!generation) break;
         generation.stage = event.stage;
         generation.stageStatus = event.status;
@@ -136,7 +137,7 @@ export class ProjectState {
         if (event.status === "complete") times.end = event.ts;
         break;
       }
-      case "message.delta": {
+      case EventType.MESSAGE_DELTA: {
         const message = this.messages.get(event.message_id);
         if (message && message.status === "pending") {
           message.streamed += event.delta;
@@ -144,12 +145,12 @@ export class ProjectState {
         }
         break;
       }
-      case "file.started":
+      case EventType.FILE_STARTED:
         this.files.set(event.path, { path: event.path, size: 0, sha256: null, content: "", writing: true });
         if (generation) generation.currentFile = event.path;
         this.touch("files");
         break;
-      case "file.delta": {
+      case EventType.FILE_DELTA: {
         const file = this.files.get(event.path);
         if (file && file.writing) {
           file.content += event.delta;
@@ -158,14 +159,14 @@ export class ProjectState {
         }
         break;
       }
-      case "file.completed": {
+      case EventType.FILE_COMPLETED: {
         const file = this.files.get(event.path);
         if (file) Object.assign(file, { writing: false, size: event.size, sha256: event.sha256 });
         if (generation?.currentFile === event.path) generation.currentFile = null;
         this.touch("files");
         break;
       }
-      case "message.updated": {
+      case EventType.MESSAGE_UPDATED: {
         const message = this.messages.get(event.message.id);
         if (message) {
           Object.assign(message, { status: event.message.status, content: event.message.content, streamed: "" });
@@ -177,10 +178,10 @@ export class ProjectState {
         if (event.type in ENDINGS && generation) {
           generation.status = ENDINGS[event.type];
           generation.currentFile = null;
-          generation.error = event.type === "generation.failed" ? { code: event.code, message: event.message } : null;
+          generation.error = event.type === EventType.GENERATION_FAILED ? { code: event.code, message: event.message } : null;
           generation.timings = event.timings ?? generation.timings;
           generation.summary = event.summary ?? "";
-          if (generation.status !== "completed") this.dropUnfinishedFiles();
+          if (generation.status !== GenerationStatus.COMPLETED) this.dropUnfinishedFiles();
         }
     }
     this.touch("progress");
