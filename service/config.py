@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ POSITIVE: Final = frozenset(
         "server.max_body_bytes",
         "server.shutdown_grace_seconds",
         "storage.readers",
+        "storage.pool_size",
         "stream.heartbeat_seconds",
         "stream.queue_size",
         "stream.replay_page",
@@ -43,11 +45,14 @@ POSITIVE: Final = frozenset(
     }
 )
 CHOICES: Final = {
+    "storage.backend": ("sqlite", "postgres"),
     "generation.provider": ("offline", "openai", "auto"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),
 }
 MAX_PORT: Final = 65535
+# What libpq (and asyncpg) take as a connection URL.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,11 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    backend: str = "sqlite"
     path: str = "data/genstream.db"
+    # postgres: a libpq URL; its password only from the environment (see storage_url_error).
+    url: str = ""
+    pool_size: int = 10
     busy_timeout_ms: int = 5000
     readers: int = 1
     retention_events_per_project: int = 100_000
@@ -160,8 +169,37 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
                     f"{file}: {section}.{key} must come from the environment "
                     f"({ENV_PREFIX}{section.upper()}_{key.upper()}), not the file"
                 )
+        storage = raw.get("storage")
+        password = storage_url_error(storage.get("url") if isinstance(storage, dict) else None)
+        if password is not None:
+            raise ConfigError(f"{file}: {password}")
         settings = _build(settings, raw, str(file))
     return _build(settings, _from_environ(environ), "environment")
+
+
+def storage_url_error(url: object) -> str | None:
+    """Why a storage.url may not stand in config.toml: it holds a password (in its user
+    part or as ?password=). The password comes from the environment only, in
+    GENSTREAM_STORAGE_URL or PGPASSWORD (which libpq and asyncpg read themselves)."""
+    if not isinstance(url, str):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    in_query = "password" in urllib.parse.parse_qs(parts.query)
+    if parts.password is None and not in_query:
+        return None
+    return (
+        "storage.url must not hold a password: give the whole url in GENSTREAM_STORAGE_URL, "
+        "or the password alone in PGPASSWORD"
+    )
+
+
+def redacted(url: str) -> str:
+    """The url as it may be shown (an error, a log line): its password, if any, as ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -201,6 +239,10 @@ def _check(value: Any, name: str, origin: str) -> Any:
         raise ConfigError(f"{origin}: {name} must not be negative, got {value!r}")
     if name == "server.port" and value > MAX_PORT:
         raise ConfigError(f"{origin}: server.port must be at most {MAX_PORT}, got {value!r}")
+    if name == "storage.url" and value and not value.startswith(POSTGRES_SCHEMES):
+        raise ConfigError(
+            f"{origin}: storage.url must start with postgresql://, got {redacted(value)!r}"
+        )
     choices = CHOICES.get(name)
     if choices is not None and value not in choices:
         raise ConfigError(f"{origin}: {name} must be one of {', '.join(choices)}, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -70,3 +71,69 @@ def test_bad_settings_are_refused_by_name(
 def test_token_comes_from_the_environment() -> None:
     settings = config.load(environ={"GENSTREAM_AUTH_TOKEN": "t0k"})
     assert settings.auth.token == "t0k"
+
+
+# -- [storage] backend and url: the password from the environment only -------------------
+
+
+def test_storage_url_comes_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "pg.toml"
+    path.write_text('[storage]\nbackend = "postgres"\nurl = "postgresql://gs@db.internal/gs"\n')
+    settings = config.load(path, environ={})
+    assert settings.storage.backend == "postgres"
+    assert settings.storage.url == "postgresql://gs@db.internal/gs"
+    # GENSTREAM_STORAGE_URL wins, and may carry the password.
+    secret = "postgresql://gs:s3cret@db.internal:5433/gs"
+    settings = config.load(path, environ={"GENSTREAM_STORAGE_URL": secret})
+    assert settings.storage.url == secret
+    assert Settings().storage.backend == "sqlite" and Settings().storage.url == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("postgresql://gs:s3cret@db.internal/gs", id="in-the-user-part"),
+        pytest.param("postgresql://gs@db.internal/gs?password=s3cret", id="as-a-parameter"),
+    ],
+)
+def test_a_password_in_the_files_storage_url_is_refused(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "pg.toml"
+    path.write_text(f'[storage]\nbackend = "postgres"\nurl = "{url}"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    message = str(caught.value)
+    assert "storage.url must not hold a password" in message
+    assert "GENSTREAM_STORAGE_URL" in message and "PGPASSWORD" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        pytest.param(
+            {"GENSTREAM_STORAGE_BACKEND": "mysql"}, "one of sqlite, postgres", id="backend"
+        ),
+        pytest.param(
+            {"GENSTREAM_STORAGE_URL": "mysql://gs:s3cret@db/gs"},
+            "storage.url must start with postgresql://, got 'mysql://gs:***@db/gs'",
+            id="not-a-postgres-url",
+        ),
+        pytest.param({"GENSTREAM_STORAGE_POOL_SIZE": "0"}, "pool_size", id="zero-pool"),
+    ],
+)
+def test_bad_storage_settings_are_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        config.load(environ=environ)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://gs:s3cret@db:5432/gs", "postgresql://gs:***@db:5432/gs"),
+        ("postgresql://gs@db/gs", "postgresql://gs@db/gs"),
+        ("postgresql://db/gs", "postgresql://db/gs"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert config.redacted(url) == shown
