@@ -149,5 +149,9 @@ class Broker:
             for subscriber in members:
                 subscriber.close(reason)
 
+    def topics(self) -> list[str]:
+        """The topics someone here follows."""
+        return list(self._topics)
+
     def subscriber_count(self) -> int:
         return sum(len(members) for members in self._topics.values())

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from service.errors import JournalClosed, StorageUnavailable
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Encoded, Event, encode
+from service.eventlog.feed import Direct, Publisher
 from service.storage.interface import Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,11 @@ class JournalStats:
 
 
 class Journal:
-    def __init__(self, storage: Storage, broker: Broker, last_published_id: int) -> None:
+    def __init__(self, storage: Storage, publisher: Publisher) -> None:
         self._storage = storage
-        self._broker = broker
-        # The newest id handed to the broker: a stream subscribing now gets every event
-        # after it, so it is where a stream with no cursor starts.
-        self.last_published_id = last_published_id
+        # Where commits go: straight to the broker (one process), or through the shared
+        # log's feed (several processes on PostgreSQL: eventlog/feed.py).
+        self._publisher = publisher
         self._queue: list[_Append | _Transact[Any]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -64,8 +64,13 @@ class Journal:
         self.on_commit: Callable[[float], None] | None = None
 
     @classmethod
-    async def start(cls, storage: Storage, broker: Broker) -> Journal:
-        journal = cls(storage, broker, await storage.max_event_id())
+    async def start(
+        cls, storage: Storage, broker: Broker, publisher: Publisher | None = None
+    ) -> Journal:
+        """Start the writer. Commits go to `publisher`, or straight to `broker`."""
+        if publisher is None:
+            publisher = Direct(broker, await storage.max_event_id())
+        journal = cls(storage, publisher)
         journal._task = asyncio.create_task(journal._run(), name="journal-writer")
         return journal
 
@@ -75,6 +80,12 @@ class Journal:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+
+    @property
+    def last_published_id(self) -> int:
+        """The newest id handed to the broker: a stream subscribing now gets every event
+        after it, so it is where a stream with no cursor starts."""
+        return self._publisher.last_published_id
 
     @property
     def closing(self) -> bool:
@@ -192,15 +203,9 @@ class Journal:
         self.stats.events += len(published)
         if self.on_commit is not None:
             self.on_commit(elapsed)
-        # Publish only what is durable, in id order (the storage gave ids in job order):
-        # each topic's events together, so a subscriber is handed the whole commit at once.
+        # Publish only what is durable, in id order (the storage gave ids in job order).
         if published:
-            self.last_published_id = published[-1].id
-        by_topic: dict[str, list[Event]] = {}
-        for event in published:
-            by_topic.setdefault(event.project_id, []).append(event)
-        for topic, events in by_topic.items():
-            self._broker.publish(topic, events)
+            self._publisher.committed(published)
         for future, value, error in outcomes:
             if future.done():  # the caller gave up waiting (cancelled)
                 continue

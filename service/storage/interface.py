@@ -9,7 +9,7 @@ own mistake (that job alone fails) by that one type.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from service.eventlog.event import Encoded, Event
@@ -122,3 +122,22 @@ class Storage(Reads, Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class SharedLog(Reads, Protocol):
+    """A log several processes write (PostgreSQL): what eventlog/feed.py reads it by.
+
+    Its ids are dense and commit in id order across the whole log, so once the head
+    (`max_event_id`) is H, every event up to H can be read."""
+
+    async def events_since(
+        self, after: int, upto: int, project_ids: Sequence[str], limit: int
+    ) -> list[Event]:
+        """Events with after < id <= upto of those projects, in id order, up to limit."""
+        ...
+
+    async def listen(self, on_commit: Callable[[], None]) -> None:
+        """Call `on_commit` after another process commits events, and after a lost
+        connection to the database is back (a commit may have gone unheard); runs
+        until cancelled. Only a hint: the caller reads the log to learn what it is."""
+        ...
