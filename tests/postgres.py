@@ -222,14 +222,17 @@ class Cluster:
             await admin.close()
         return int(ended)
 
-    async def backends(self, database: str) -> int:
-        """How many client connections `database` has now."""
+    async def backends(self, database: str, waiting_for_a_lock: bool = False) -> int:
+        """How many client connections `database` has now (only those waiting for a lock,
+        a row lock held by another transaction among them, with `waiting_for_a_lock`)."""
         admin = await self._admin()
         try:
             count = await admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                "AND (NOT $2 OR wait_event_type = 'Lock')",
                 database,
+                waiting_for_a_lock,
             )
         finally:
             await admin.close()
@@ -247,5 +250,5 @@ class Database:
     async def terminate_backends(self) -> int:
         return await self.cluster.terminate_backends(self.name)
 
-    async def backends(self) -> int:
-        return await self.cluster.backends(self.name)
+    async def backends(self, waiting_for_a_lock: bool = False) -> int:
+        return await self.cluster.backends(self.name, waiting_for_a_lock)

@@ -33,7 +33,8 @@ from service.generation.lifecycle import Generations
 from service.generation.providers import make_provider
 from service.metrics import Gauges, Metrics
 from service.protocol import CloseReason
-from service.storage.sqlite import Storage, StorageError, Tx
+from service.storage import location, open_storage
+from service.storage.interface import StorageError, Tx
 from service.web import protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
@@ -150,9 +151,7 @@ def _presented_token(request: web.Request) -> str | None:
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    storage = await Storage.open(
-        settings.storage.path, settings.storage.busy_timeout_ms, settings.storage.readers
-    )
+    storage = await open_storage(settings.storage)
     broker = Broker(settings.stream.queue_size)
     journal = await Journal.start(storage, broker)
     stats = Metrics()
@@ -190,7 +189,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             await journal.transact(_close_stale_sessions)
             await generations.recover()
         except JournalRefused as exc:  # a database that takes no write: refuse to start
-            raise StorageError(f"{settings.storage.path}: {exc.message}") from exc
+            raise StorageError(f"{location(settings.storage)}: {exc.message}") from exc
         if retention.enabled(settings.storage):
             pruning = asyncio.create_task(
                 retention.run(journal, stats, settings.storage), name="retention"

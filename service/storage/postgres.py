@@ -1,0 +1,740 @@
+"""PostgreSQL storage (asyncpg): the schema, its migrations, and every SQL statement.
+
+One writer connection, driven only by the journal's writer loop (one transaction at a
+time per process, as on SQLite), and a pool of reader connections (`storage.pool_size`)
+for the HTTP reads and stream replays. asyncpg prepares each statement once per
+connection and keeps it (its statement cache), so the reads here are plain `fetch` calls.
+
+**Commit order is id order.** A reader at cursor C asks for `id > C`; if a lower id could
+commit after a higher one was seen, that reader would skip it for good (the trap of a
+sequence: ids handed out at insert, transactions committing in any order). So ids come
+from one counter row, `event_log_head`, taken by `UPDATE ... RETURNING` in the statement
+that inserts the events. The UPDATE row-locks the counter until the transaction ends
+(PostgreSQL 15 docs, 13.3.2 "Row-Level Locks": an UPDATE takes FOR NO KEY UPDATE, which
+conflicts with itself, and row-level locks are released at transaction end or during
+savepoint rollback; https://www.postgresql.org/docs/15/explicit-locking.html#LOCKING-ROWS).
+A second writer's UPDATE waits for the first to commit, then applies to the row it left
+(13.2.1 "Read Committed Isolation Level": the would-be updater waits for the first
+updating transaction, then works on its updated version;
+https://www.postgresql.org/docs/15/transaction-iso.html#XACT-READ-COMMITTED). Every
+writer of events goes through `_INSERT_EVENTS`: the journal of every process, whichever
+job (a generation, a cancel, the reaper) emits. So within a project, and in fact in the
+whole database, an id is taken only after every lower id committed or rolled back, and
+a rolled-back transaction or savepoint gives its ids back with the counter (no holes).
+
+**Why one lock for the log, not one per project.** A lock per project (a counter row
+per project) would let writers of different projects commit side by side. But the
+journal commits a batch of jobs as one transaction, and which projects it touches is
+known only as its jobs run, in their arrival order: process A's batch may take P2 then
+P1 while process B's takes P1 then P2, a deadlock (PostgreSQL would find it after
+`deadlock_timeout` and abort one batch: its callers would get a 503). Locks taken in one
+fixed order need the whole set before the first; "commit per project" needs the journal
+to split its batch by project, which its jobs do not declare. One lock is the fixed order
+that needs neither: it is taken at a transaction's first event insert, held to its
+commit, and a transaction waits for it holding no other lock of the log's. Within one
+process it costs nothing (the journal is one writer already); processes take turns from
+a batch's first event to its commit (a few round trips and the commit's flush).
+
+**A read sees every event published before it was issued.** Reads run in autocommit
+READ COMMITTED, one statement each: a statement sees the rows committed before it began
+(13.2.1: "a SELECT query ... sees only data committed before the query began"), and the
+journal publishes only after COMMIT returned. The project view is one statement, so one
+snapshot.
+
+asyncpg's exceptions stop at this module's boundary: every public coroutine raises
+StorageError for a database failure, as the SQLite backend does.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Final, ParamSpec, TypeVar
+
+import asyncpg
+import orjson
+
+from service.config import redacted
+from service.eventlog.event import Encoded, Event, from_row, now_ms
+from service.files import FileRecord
+from service.protocol import ACTIVE_STATUSES
+from service.storage.interface import StorageError
+
+log = logging.getLogger(__name__)
+
+# Each entry moves the schema one version up; genstream_schema holds the version.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE projects (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE TABLE messages (
+        id text PRIMARY KEY,
+        project_id text NOT NULL REFERENCES projects(id),
+        generation_id text,
+        role text NOT NULL CHECK (role IN ('user', 'assistant')),
+        status text NOT NULL,
+        content text NOT NULL,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX messages_by_project ON messages(project_id, created_at, seq);
+    CREATE TABLE generations (
+        id text PRIMARY KEY,
+        project_id text NOT NULL REFERENCES projects(id),
+        client_request_id text,
+        prompt text NOT NULL,
+        image_urls jsonb NOT NULL,
+        status text NOT NULL,
+        stage text,
+        progress integer NOT NULL DEFAULT 0,
+        error_code text,
+        error_message text,
+        retryable boolean,
+        usage jsonb,
+        timings jsonb,
+        provider text NOT NULL,
+        model text NOT NULL,
+        user_message_id text NOT NULL,
+        assistant_message_id text NOT NULL,
+        first_event_id bigint,
+        created_at bigint NOT NULL,
+        started_at bigint,
+        finished_at bigint,
+        UNIQUE (project_id, client_request_id)
+    );
+    CREATE INDEX generations_by_status ON generations(status);
+    CREATE TABLE events (
+        id bigint PRIMARY KEY,
+        project_id text NOT NULL,
+        generation_id text,
+        type text NOT NULL,
+        ts bigint NOT NULL,
+        data bytea NOT NULL
+    );
+    CREATE INDEX events_by_project ON events(project_id, id);
+    CREATE INDEX events_by_generation ON events(generation_id, id);
+    -- The newest event id given: one row, the lock every event insert takes (above).
+    CREATE TABLE event_log_head (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        last_event_id bigint NOT NULL
+    );
+    INSERT INTO event_log_head (last_event_id) VALUES (0);
+    CREATE TABLE files (
+        project_id text NOT NULL REFERENCES projects(id),
+        path text NOT NULL,
+        content text NOT NULL,
+        size bigint NOT NULL,
+        sha256 text NOT NULL,
+        generation_id text NOT NULL,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (project_id, path)
+    );
+    CREATE TABLE stream_sessions (
+        id text PRIMARY KEY,
+        key text NOT NULL,
+        project_id text NOT NULL,
+        generation_id text,
+        peer text,
+        user_agent text,
+        cursor bigint,
+        started_at bigint NOT NULL,
+        ended_at bigint,
+        last_event_id bigint,
+        events_sent bigint NOT NULL DEFAULT 0,
+        close_reason text
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+# Processes starting together migrate one at a time (a transaction-level advisory lock).
+MIGRATION_LOCK: Final = 0x67656E73  # "gens"
+CONNECT_TIMEOUT_SECONDS: Final = 10.0
+
+# The active statuses as an SQL list: ('pending', 'running').
+_ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
+
+_GENERATION_COLUMNS: Final = (
+    "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
+    "error_code, error_message, retryable, usage, timings, provider, model, "
+    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
+)
+_GENERATION_FIELDS: Final = frozenset(
+    {
+        "status",
+        "stage",
+        "progress",
+        "error_code",
+        "error_message",
+        "retryable",
+        "usage",
+        "timings",
+        "started_at",
+        "finished_at",
+    }
+)
+_JSON_FIELDS: Final = frozenset({"usage", "timings"})
+# A project with its active generation and its newest event id, as one statement: one
+# read, so one snapshot.
+_PROJECT_VIEW: Final = (
+    "SELECT p.id AS p_id, p.name AS p_name, p.created_at AS p_created_at, "
+    "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
+    + ", ".join(f"g.{column.strip()}" for column in _GENERATION_COLUMNS.split(","))
+    + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
+    f"WHERE a.project_id = p.id AND a.status IN {_ACTIVE} "
+    "ORDER BY a.created_at DESC LIMIT 1)"
+)
+_GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = $1"
+_PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = $1"
+_MESSAGE_COLUMNS: Final = (
+    "id, project_id, generation_id, role, status, content, created_at, updated_at"
+)
+_EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
+# Ids and rows in one statement (one round trip, atomic even in autocommit): the counter
+# moves by the number of events, under its row lock; each event's data is built here
+# as Encoded.seal builds it ('{"id":N,' then the rest), so the stored bytes and the
+# published ones are the same. Returns the id before the first.
+_INSERT_EVENTS: Final = f"""
+    WITH head AS (
+        UPDATE event_log_head SET last_event_id = last_event_id + cardinality($1::text[])
+        RETURNING last_event_id - cardinality($1::text[]) AS base
+    ), inserted AS (
+        INSERT INTO events ({_EVENT_COLUMNS})
+        SELECT head.base + e.n, e.project_id, e.generation_id, e.type, e.ts,
+               convert_to('{{"id":' || (head.base + e.n)::text || ',', 'UTF8') || e.rest
+        FROM head, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
+            WITH ORDINALITY AS e(project_id, generation_id, type, ts, rest, n)
+    )
+    SELECT base FROM head
+"""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_C = TypeVar("_C", bound=type)
+
+# What asyncpg raises for a database failure: the server's errors (PostgresError), a
+# connection closed or misused (InterfaceError, InternalClientError), the network (OSError,
+# TimeoutError among them).
+DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
+
+def _translate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except DRIVER_ERRORS as exc:
+            raise StorageError(_message(exc)) from exc
+
+    return translated
+
+
+def _translating(cls: _C) -> _C:
+    """asyncpg's exceptions stop at this backend's boundary: every public coroutine of
+    `cls` raises StorageError for a database failure, so no caller imports asyncpg."""
+    for name, member in list(vars(cls).items()):
+        public = not name.startswith("_") and inspect.isfunction(member)
+        if public and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _translate(member))
+    return cls
+
+
+def _message(exc: BaseException) -> str:
+    # PostgreSQL's own message ("duplicate key value violates unique constraint ..."),
+    # or the driver's, or the socket's: callers show it.
+    return str(exc) or type(exc).__name__
+
+
+def _events(encoded: Sequence[Encoded]) -> tuple[list[Any], ...]:
+    """The insert's five arrays, one value an event each, in the order given."""
+    return (
+        [item.draft.project_id for item in encoded],
+        [item.draft.generation_id for item in encoded],
+        [item.draft.type for item in encoded],
+        [item.draft.ts for item in encoded],
+        [item.rest for item in encoded],
+    )
+
+
+async def _insert_events(conn: asyncpg.Connection, encoded: Sequence[Encoded]) -> list[Event]:
+    if not encoded:
+        return []
+    base = await conn.fetchval(_INSERT_EVENTS, *_events(encoded))
+    return [item.seal(int(base) + offset) for offset, item in enumerate(encoded, start=1)]
+
+
+@_translating
+class PostgresStorage:
+    def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
+        self._url = url
+        self._writer = writer
+        self._readers = readers
+        self._known_projects: set[str] = set()
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = 10) -> PostgresStorage:
+        """Connect, migrate, and open the readers' pool. An unreachable server, a
+        refused login or a missing database is a StorageError naming the url (its
+        password, if any, hidden)."""
+        try:
+            writer = await _connect(url)
+        except DRIVER_ERRORS as exc:
+            raise StorageError(
+                f"cannot connect to PostgreSQL at {redacted(url)}: {_message(exc)}"
+            ) from exc
+        try:
+            await _migrate(writer)
+            readers = await asyncpg.create_pool(
+                url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT_SECONDS
+            )
+        except DRIVER_ERRORS as exc:
+            await writer.close()
+            raise StorageError(
+                f"cannot open PostgreSQL at {redacted(url)}: {_message(exc)}"
+            ) from exc
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(url, writer, readers)
+
+    async def close(self) -> None:
+        await self._readers.close()
+        await self._writer.close()
+
+    # -- writes: only the journal's writer loop calls these -------------------------
+
+    async def _writing(self) -> asyncpg.Connection:
+        """The writer connection, connected again if it was lost (a restarted server, a
+        terminated backend): the batch that met the loss failed; the next one goes on."""
+        if self._writer.is_closed():
+            log.warning("the PostgreSQL writer connection was lost: connecting again")
+            self._writer = await _connect(self._url)
+        return self._writer
+
+    def transaction(self) -> PostgresTx:
+        return PostgresTx(self)
+
+    async def commit_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        """Insert events as one transaction of their own: `_INSERT_EVENTS` is one
+        statement, so in autocommit mode it is that transaction, in one round trip."""
+        return await _insert_events(await self._writing(), encoded)
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def max_event_id(self) -> int:
+        return int(await self._readers.fetchval("SELECT last_event_id FROM event_log_head"))
+
+    async def project_exists(self, project_id: str) -> bool:
+        # Projects are never deleted: one seen is remembered.
+        if project_id in self._known_projects:
+            return True
+        if await self._readers.fetchval(_PROJECT_EXISTS, project_id) is None:
+            return False
+        self._known_projects.add(project_id)
+        return True
+
+    async def project(self, project_id: str) -> dict[str, Any] | None:
+        row = await self._readers.fetchrow(f"{_PROJECT_VIEW} WHERE p.id = $1", project_id)
+        return _project_view(row) if row else None
+
+    async def projects(self) -> list[dict[str, Any]]:
+        rows = await self._readers.fetch(f"{_PROJECT_VIEW} ORDER BY p.created_at, p.id")
+        return [_project_view(row) for row in rows]
+
+    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+        row = await self._readers.fetchrow(_GENERATION_BY_ID, generation_id)
+        return _generation_view(row) if row else None
+
+    async def active_generation_ids(self) -> list[str]:
+        rows = await self._readers.fetch(
+            f"SELECT id FROM generations WHERE status IN {_ACTIVE} ORDER BY created_at, id"
+        )
+        return [row["id"] for row in rows]
+
+    async def messages(self, project_id: str) -> list[dict[str, Any]]:
+        rows = await self._readers.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE project_id = $1 "
+            "ORDER BY created_at, seq",
+            project_id,
+        )
+        return [dict(row) for row in rows]
+
+    async def files(self, project_id: str) -> list[dict[str, Any]]:
+        rows = await self._readers.fetch(
+            "SELECT path, size, sha256, generation_id, updated_at FROM files "
+            "WHERE project_id = $1 ORDER BY path",
+            project_id,
+        )
+        return [dict(row) for row in rows]
+
+    async def file(self, project_id: str, path: str) -> dict[str, Any] | None:
+        row = await self._readers.fetchrow(
+            "SELECT path, content, size, sha256, generation_id, updated_at FROM files "
+            "WHERE project_id = $1 AND path = $2",
+            project_id,
+            path,
+        )
+        return dict(row) if row else None
+
+    async def file_contents(self, project_id: str) -> list[FileRecord]:
+        rows = await self._readers.fetch(
+            "SELECT path, content, size, sha256 FROM files WHERE project_id = $1 ORDER BY path",
+            project_id,
+        )
+        return [FileRecord(r["path"], r["content"], r["size"], r["sha256"]) for r in rows]
+
+    async def events_after(
+        self, project_id: str, after: int, limit: int, generation_id: str | None = None
+    ) -> list[Event]:
+        column, key = (
+            ("project_id", project_id)
+            if generation_id is None
+            else (
+                "generation_id",
+                generation_id,
+            )
+        )
+        rows = await self._readers.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {column} = $1 AND id > $2 "
+            "ORDER BY id LIMIT $3",
+            key,
+            after,
+            limit,
+        )
+        return [from_row(*row) for row in rows]
+
+    async def streamed_text(self, generation_id: str) -> str:
+        """The chat text a generation's message.delta events carried, joined."""
+        rows = await self._readers.fetch(
+            "SELECT data FROM events WHERE generation_id = $1 AND type = 'message.delta' "
+            "ORDER BY id",
+            generation_id,
+        )
+        return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
+
+
+@_translating
+class PostgresTx:
+    """Statements run inside the writer loop's open transaction, on the writer connection."""
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._storage = storage
+
+    @property
+    def _conn(self) -> asyncpg.Connection:
+        return self._storage._writer
+
+    async def begin(self) -> None:
+        # READ COMMITTED, PostgreSQL's default: each statement sees what committed before it.
+        await (await self._storage._writing()).execute("BEGIN")
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        # Nothing open (committed already, or the connection lost with its transaction):
+        # nothing to undo, and a ROLLBACK would only draw a warning.
+        if not self._conn.is_closed() and self._conn.is_in_transaction():
+            await self._conn.execute("ROLLBACK")
+
+    async def savepoint(self) -> None:
+        await self._conn.execute("SAVEPOINT job")
+
+    async def release(self) -> None:
+        await self._conn.execute("RELEASE SAVEPOINT job")
+
+    async def rollback_to_savepoint(self) -> None:
+        await self._conn.execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+
+    async def insert_events(self, encoded: Sequence[Encoded]) -> list[Event]:
+        return await _insert_events(self._conn, encoded)
+
+    async def insert_project(self, project_id: str, name: str, created_at: int) -> None:
+        await self._conn.execute(
+            "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)",
+            project_id,
+            name,
+            created_at,
+        )
+
+    async def project_exists(self, project_id: str) -> bool:
+        return await self._conn.fetchval(_PROJECT_EXISTS, project_id) is not None
+
+    async def insert_message(
+        self,
+        message_id: str,
+        project_id: str,
+        generation_id: str,
+        role: str,
+        status: str,
+        content: str,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO messages (id, project_id, generation_id, role, status, content, "
+            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            message_id,
+            project_id,
+            generation_id,
+            role,
+            status,
+            content,
+            at,
+        )
+
+    async def message(self, message_id: str) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+        )
+        return dict(row) if row else None
+
+    async def update_message(self, message_id: str, status: str, content: str | None) -> None:
+        await self._conn.execute(
+            "UPDATE messages SET status = $1, content = COALESCE($2, content), updated_at = $3 "
+            "WHERE id = $4",
+            status,
+            content,
+            now_ms(),
+            message_id,
+        )
+
+    async def generation_by_request(
+        self, project_id: str, client_request_id: str
+    ) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            "WHERE project_id = $1 AND client_request_id = $2",
+            project_id,
+            client_request_id,
+        )
+        return _generation_view(row) if row else None
+
+    async def active_generation(self, project_id: str) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            f"WHERE project_id = $1 AND status IN {_ACTIVE} LIMIT 1",
+            project_id,
+        )
+        return _generation_view(row) if row else None
+
+    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(_GENERATION_BY_ID, generation_id)
+        return _generation_view(row) if row else None
+
+    async def insert_generation(
+        self,
+        *,
+        generation_id: str,
+        project_id: str,
+        client_request_id: str | None,
+        prompt: str,
+        image_urls: list[str],
+        provider: str,
+        model: str,
+        user_message_id: str,
+        assistant_message_id: str,
+        first_event_id: int,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO generations (id, project_id, client_request_id, prompt, image_urls, "
+            "status, provider, model, user_message_id, assistant_message_id, first_event_id, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11)",
+            generation_id,
+            project_id,
+            client_request_id,
+            prompt,
+            orjson.dumps(image_urls).decode(),
+            provider,
+            model,
+            user_message_id,
+            assistant_message_id,
+            first_event_id,
+            at,
+        )
+
+    async def update_generation(self, generation_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _GENERATION_FIELDS
+        if unknown:
+            raise ValueError(f"not a generation column: {sorted(unknown)}")
+        values = [
+            orjson.dumps(v).decode() if k in _JSON_FIELDS and v is not None else v
+            for k, v in fields.items()
+        ]
+        assignments = ", ".join(f"{k} = ${n}" for n, k in enumerate(fields, start=1))
+        await self._conn.execute(
+            f"UPDATE generations SET {assignments} WHERE id = ${len(fields) + 1}",
+            *values,
+            generation_id,
+        )
+
+    async def upsert_files(
+        self, project_id: str, generation_id: str, files: Iterable[FileRecord]
+    ) -> None:
+        at = now_ms()
+        rows = [(project_id, f.path, f.content, f.size, f.sha256, generation_id, at) for f in files]
+        if not rows:
+            return
+        await self._conn.executemany(
+            "INSERT INTO files (project_id, path, content, size, sha256, generation_id, "
+            "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project_id, path) "
+            "DO UPDATE SET content = excluded.content, size = excluded.size, "
+            "sha256 = excluded.sha256, generation_id = excluded.generation_id, "
+            "updated_at = excluded.updated_at",
+            rows,
+        )
+
+    async def open_session(
+        self,
+        session_id: str,
+        key: str,
+        project_id: str,
+        generation_id: str | None,
+        peer: str | None,
+        user_agent: str | None,
+        cursor: int | None,
+        at: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO stream_sessions (id, key, project_id, generation_id, peer, user_agent, "
+            "cursor, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            session_id,
+            key,
+            project_id,
+            generation_id,
+            peer,
+            user_agent,
+            cursor,
+            at,
+        )
+
+    async def close_session(
+        self, session_id: str, last_event_id: int | None, events_sent: int, reason: str, at: int
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE stream_sessions SET ended_at = $1, last_event_id = $2, events_sent = $3, "
+            "close_reason = $4 WHERE id = $5",
+            at,
+            last_event_id,
+            events_sent,
+            reason,
+            session_id,
+        )
+
+    async def prune_events(self, *, keep_per_project: int | None, older_than_ms: int | None) -> int:
+        """Delete old events; never those of an active generation, nor the newest one."""
+        spare = (
+            "(generation_id IS NULL OR generation_id NOT IN "
+            f"(SELECT id FROM generations WHERE status IN {_ACTIVE})) "
+            "AND id < (SELECT MAX(id) FROM events)"
+        )
+        deleted = 0
+        if older_than_ms is not None:
+            status = await self._conn.execute(
+                f"DELETE FROM events WHERE ts < $1 AND {spare}", older_than_ms
+            )
+            deleted += _row_count(status)
+        if keep_per_project is not None:
+            cutoffs = await self._conn.fetch(
+                "SELECT p.id, (SELECT e.id FROM events e WHERE e.project_id = p.id "
+                "ORDER BY e.id DESC LIMIT 1 OFFSET $1) AS cutoff FROM projects p",
+                keep_per_project,
+            )
+            for row in cutoffs:
+                if row["cutoff"] is None:
+                    continue
+                status = await self._conn.execute(
+                    f"DELETE FROM events WHERE project_id = $1 AND id <= $2 AND {spare}",
+                    row["id"],
+                    row["cutoff"],
+                )
+                deleted += _row_count(status)
+        return deleted
+
+    async def close_open_sessions(self, reason: str, at: int) -> None:
+        await self._conn.execute(
+            "UPDATE stream_sessions SET ended_at = $1, close_reason = $2 WHERE ended_at IS NULL",
+            at,
+            reason,
+        )
+
+
+def _row_count(status: str) -> int:
+    """The count in a command tag: 'DELETE 12' is 12."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _project_view(row: asyncpg.Record) -> dict[str, Any]:
+    active = row["id"] is not None
+    return {
+        "id": row["p_id"],
+        "name": row["p_name"],
+        "created_at": row["p_created_at"],
+        "status": "generating" if active else "idle",
+        "active_generation": _generation_view(row) if active else None,
+        "last_event_id": row["p_last_event_id"],
+    }
+
+
+def _generation_view(row: asyncpg.Record) -> dict[str, Any]:
+    error = None
+    if row["error_code"] is not None:
+        error = {
+            "code": row["error_code"],
+            "message": row["error_message"],
+            "retryable": bool(row["retryable"]),
+        }
+    return {
+        "id": row["id"],
+        "project_id": row["project_id"],
+        "client_request_id": row["client_request_id"],
+        "prompt": row["prompt"],
+        "image_urls": orjson.loads(row["image_urls"]),
+        "status": row["status"],
+        "stage": row["stage"],
+        "progress": row["progress"],
+        "error": error,
+        "usage": orjson.loads(row["usage"]) if row["usage"] is not None else None,
+        "timings": orjson.loads(row["timings"]) if row["timings"] is not None else None,
+        "provider": row["provider"],
+        "model": row["model"],
+        "user_message_id": row["user_message_id"],
+        "assistant_message_id": row["assistant_message_id"],
+        "first_event_id": row["first_event_id"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+    }
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS genstream_schema (version integer NOT NULL)")
+        version = await conn.fetchval("SELECT version FROM genstream_schema")
+        if version is None:
+            await conn.execute("INSERT INTO genstream_schema (version) VALUES (0)")
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"the database is at schema version {version}, newer than this code "
+                f"({SCHEMA_VERSION}); upgrade genstream"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await conn.execute(MIGRATIONS[number])
+            await conn.execute("UPDATE genstream_schema SET version = $1", number + 1)
+            log.info("database migrated to schema version %d", number + 1)
