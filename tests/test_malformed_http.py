@@ -133,7 +133,7 @@ async def test_malformed_request_is_a_json_400_with_one_warning_line(
         if r.levelno >= logging.WARNING
     ]
     assert loud == [
-        ("service.errors", "WARNING", f"malformed HTTP request from {LOOPBACK}: {reason}")
+        ("service.web.errors", "WARNING", f"malformed HTTP request from {LOOPBACK}: {reason}")
     ]
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     assert "Traceback" not in caplog.text

@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.config import Settings
-from service.errors import ApiError
 from service.eventlog import event as events
 from service.web import api
+from service.web.errors import ApiError
 from service.web.openapi import describe
 from service.web.params import MAX_INTEGER, decimal_pattern, non_negative_int
 from tests.conftest import MakeServer

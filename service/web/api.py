@@ -8,12 +8,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import hdrs, web
 
-from service.errors import ApiError, NotFound, bad_request
+from service.errors import NotFound
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
 from service.storage.interface import Tx
 from service.web.context import SERVICES, Services
+from service.web.errors import ApiError, bad_request
 from service.web.params import MAX_INTEGER, non_negative_int
 from service.web.streams import StreamTarget, parse_cursor, stream
 

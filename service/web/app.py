@@ -17,14 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from service import metrics
 from service.config import Settings
-from service.errors import (
-    ApiError,
-    Conflict,
-    DomainError,
-    JournalRefused,
-    NotFound,
-    malformed_request,
-)
+from service.errors import Conflict, DomainError, JournalRefused, NotFound
 from service.eventlog import retention
 from service.eventlog.broker import Broker
 from service.eventlog.event import now_ms
@@ -39,6 +32,7 @@ from service.web import protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
 from service.web.context import SERVICES, Services
+from service.web.errors import ApiError, malformed_request
 from service.web.openapi import describe
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs
 
-from service.errors import ApiError
+from service.web.errors import ApiError
 
 RETRY_AFTER_SECONDS = 5
 

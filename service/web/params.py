@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from service.errors import bad_request
+from service.web.errors import bad_request
 
 # SQLite's INTEGER is 64-bit signed: a larger cursor could not even be compared with an id.
 MAX_INTEGER: Final = 2**63 - 1

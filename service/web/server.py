@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from service.config import ConfigError, Settings
-from service.errors import ApiError, malformed_request
 from service.web.app import create_app, error_response
+from service.web.errors import ApiError, malformed_request
 
 log = logging.getLogger(__name__)
 
