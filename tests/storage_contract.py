@@ -22,7 +22,7 @@ from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, encode
 from service.eventlog.journal import Emit, Journal, TxFunction
 from service.protocol import GenerationStatus
-from service.storage.interface import Storage, StorageError, Tx
+from service.storage.interface import Message, Storage, StorageError, Tx
 
 PROJECT = "prj_contract"
 OTHER = "prj_other"
@@ -46,8 +46,9 @@ async def insert_generation(
 ) -> None:
     first = await emit(draft(project_id, generation_id, step="created"))
     for role in ("user", "assistant"):
+        message_id = f"msg_{generation_id}_{role}"
         await tx.insert_message(
-            f"msg_{generation_id}_{role}", project_id, generation_id, role, "complete", "hi", 1
+            Message(message_id, project_id, generation_id, role, "complete", "hi", 1, 1)
         )
     await tx.insert_generation(
         generation_id=generation_id,

@@ -10,6 +10,7 @@ own mistake (that job alone fails) by that one type.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.eventlog.event import Encoded, Event
@@ -18,6 +19,20 @@ from service.files import FileRecord
 
 class StorageError(Exception):
     """The database could not do what was asked (busy, full, read-only, corrupt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A row of messages, its columns in the order the messages API shows them."""
+
+    id: str
+    project_id: str
+    generation_id: str | None
+    role: str
+    status: str
+    content: str
+    created_at: int
+    updated_at: int
 
 
 class Tx(Protocol):
@@ -37,16 +52,7 @@ class Tx(Protocol):
 
     async def insert_project(self, project_id: str, name: str, created_at: int) -> None: ...
     async def project_exists(self, project_id: str) -> bool: ...
-    async def insert_message(
-        self,
-        message_id: str,
-        project_id: str,
-        generation_id: str,
-        role: str,
-        status: str,
-        content: str,
-        at: int,
-    ) -> None: ...
+    async def insert_message(self, message: Message) -> None: ...
     async def message(self, message_id: str) -> dict[str, Any] | None: ...
     async def update_message(self, message_id: str, status: str, content: str | None) -> None: ...
     async def generation_by_request(

@@ -60,7 +60,7 @@ from service.config import redacted
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import StorageError
+from service.storage.interface import Message, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -470,26 +470,18 @@ class PostgresTx:
     async def project_exists(self, project_id: str) -> bool:
         return await self._conn.fetchval(_PROJECT_EXISTS, project_id) is not None
 
-    async def insert_message(
-        self,
-        message_id: str,
-        project_id: str,
-        generation_id: str,
-        role: str,
-        status: str,
-        content: str,
-        at: int,
-    ) -> None:
+    async def insert_message(self, message: Message) -> None:
         await self._conn.execute(
             "INSERT INTO messages (id, project_id, generation_id, role, status, content, "
-            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            message_id,
-            project_id,
-            generation_id,
-            role,
-            status,
-            content,
-            at,
+            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            message.id,
+            message.project_id,
+            message.generation_id,
+            message.role,
+            message.status,
+            message.content,
+            message.created_at,
+            message.updated_at,
         )
 
     async def message(self, message_id: str) -> dict[str, Any] | None:

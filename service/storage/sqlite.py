@@ -25,6 +25,7 @@ import orjson
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
+from service.storage.interface import Message
 
 # Tx is the interface's: callers type their transaction functions with it, whichever
 # backend runs them (SqliteTx below is this backend's).
@@ -546,20 +547,20 @@ class SqliteTx:
     async def project_exists(self, project_id: str) -> bool:
         return await self._one(_PROJECT_EXISTS, (project_id,)) is not None
 
-    async def insert_message(
-        self,
-        message_id: str,
-        project_id: str,
-        generation_id: str,
-        role: str,
-        status: str,
-        content: str,
-        at: int,
-    ) -> None:
+    async def insert_message(self, message: Message) -> None:
         await self._conn.execute(
             "INSERT INTO messages (id, project_id, generation_id, role, status, content, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, project_id, generation_id, role, status, content, at, at),
+            (
+                message.id,
+                message.project_id,
+                message.generation_id,
+                message.role,
+                message.status,
+                message.content,
+                message.created_at,
+                message.updated_at,
+            ),
         )
 
     async def message(self, message_id: str) -> dict[str, Any] | None:

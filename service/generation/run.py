@@ -1,0 +1,66 @@
+"""One running generation's state: what it has produced so far, and its timings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.eventlog.event import Draft
+from service.files import FileRecord
+from service.generation import pipeline
+from service.generation.parser import OutputParser
+from service.generation.pipeline import Stage
+from service.generation.providers.base import Usage
+
+
+@dataclass
+class Run:
+    """What one running generation has produced so far."""
+
+    generation_id: str
+    project_id: str
+    assistant_message_id: str
+    parser: OutputParser = field(default_factory=OutputParser)
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    # Paths the project held before this generation: writing one replaces it.
+    existing: frozenset[str] = frozenset()
+    stage_started: float = field(default_factory=time.perf_counter)
+    stage_ms: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    first_token_ms: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    progress: int = 0
+    # The chat text a previous process streamed (read back from the event log at
+    # recovery); None while this process runs the parser itself.
+    recovered_text: str | None = None
+
+    @classmethod
+    def of(cls, generation: dict[str, Any]) -> Run:
+        """A run of this generation row, with nothing produced yet."""
+        return cls(generation["id"], generation["project_id"], generation["assistant_message_id"])
+
+    @property
+    def text(self) -> str:
+        if self.recovered_text is not None:
+            return self.recovered_text
+        return self.parser.text.strip()
+
+    def draft(self, type_: str, **payload: Any) -> Draft:
+        return Draft(self.project_id, self.generation_id, type_, payload)
+
+    def end_stage(self, stage: Stage) -> None:
+        now = time.perf_counter()
+        self.stage_ms[stage.id] = round((now - self.stage_started) * 1000)
+        self.stage_started = now
+
+    def timings(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        generating_s = self.stage_ms.get(pipeline.GENERATING.id, 0) / 1000
+        tokens = self.usage.completion_tokens
+        return {
+            "total_ms": round(total * 1000),
+            "first_token_ms": self.first_token_ms,
+            "tokens_per_second": round(tokens / generating_s, 1) if generating_s > 0 else None,
+            "stages": dict(self.stage_ms),
+        }
