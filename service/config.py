@@ -36,6 +36,7 @@ POSITIVE: Final = frozenset(
         "stream.send_timeout_seconds",
         "generation.max_concurrent",
         "generation.timeout_seconds",
+        "generation.lease_seconds",
         "generation.max_prompt_chars",
         "generation.max_output_chars",
         "generation.max_files",
@@ -101,6 +102,10 @@ class GenerationSettings:
     max_output_chars: int = 1_000_000
     max_files: int = 1000
     max_file_bytes: int = 524_288
+    # postgres (several processes): how long a process's claim on a generation it runs
+    # outlives its last renewal (renewed every third of it); a process silent longer has
+    # its generations ended as interrupted by the others (generation/leases.py).
+    lease_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,26 @@ async def test_appends_and_jobs_of_one_batch_get_ids_in_the_order_they_arrived(
         assert await middle == 2
         assert [e.id for e in await last] == [3, 4]
     assert journal.last_published_id == 4
+
+
+async def test_an_append_whose_check_refuses_writes_none_of_its_events(journal: Journal) -> None:
+    """A check (a generation's lease) runs in the append's transaction; a refusal fails
+    that append alone, and the others of the batch keep their order and their ids."""
+    checked: list[int] = []
+
+    async def allow(tx: Tx) -> None:
+        checked.append(1)
+
+    async def refuse(tx: Tx) -> None:
+        raise LookupError("not held")
+
+    async with asyncio.timeout(5):
+        first = journal.append(draft(n=1), check=allow)
+        refused = journal.append(draft(n=2), check=refuse)
+        last = journal.append(draft(n=3))
+        assert [e.id for e in await first] == [1]
+        with pytest.raises(LookupError, match="not held"):
+            await refused
+        assert [e.id for e in await last] == [2]
+    assert checked == [1]
+    assert journal.last_published_id == 2

@@ -20,7 +20,7 @@ from service.errors import JournalClosed, StorageUnavailable
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Encoded, Event, encode
 from service.eventlog.feed import Direct, Publisher
-from service.storage.interface import Storage, StorageError, Tx
+from service.storage.interface import Duplicate, Storage, StorageError, Tx
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,16 @@ T = TypeVar("T")
 # Inserts one event in the job's transaction at once and returns it, with its id.
 Emit = Callable[[Draft], Awaitable[Event]]
 TxFunction = Callable[[Tx, Emit], Awaitable[T]]
+# Run in an append's transaction before its events are inserted (a generation's lease,
+# generation/leases.py); it only reads and locks, and what it raises fails that append.
+Check = Callable[[Tx], Awaitable[None]]
 
 
 @dataclass(eq=False)
 class _Append:
     drafts: list[Draft]
     future: asyncio.Future[list[Event]]
+    check: Check | None = None
 
 
 @dataclass(eq=False)
@@ -96,10 +100,12 @@ class Journal:
         """Jobs queued for the next transaction (not counting the one being committed)."""
         return len(self._queue)
 
-    def append(self, *drafts: Draft) -> asyncio.Future[list[Event]]:
-        """Queue events; the future resolves once they are committed and published."""
+    def append(self, *drafts: Draft, check: Check | None = None) -> asyncio.Future[list[Event]]:
+        """Queue events; the future resolves once they are committed and published.
+        `check`, if given, runs first in the same transaction: if it raises, none of
+        these events is written and the future holds its exception."""
         future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Append(list(drafts), future))
+        self._enqueue(_Append(list(drafts), future, check))
         return future
 
     def transact(self, fn: TxFunction[T]) -> asyncio.Future[T]:
@@ -166,7 +172,7 @@ class Journal:
             waiting.clear()
 
         try:
-            if all(isinstance(job, _Append) for job in batch):
+            if all(isinstance(job, _Append) and job.check is None for job in batch):
                 # Appends alone (a generation's chunks, the usual batch): no caller's
                 # statement to run, so the storage commits them in one go (one trip to
                 # the database thread on SQLite, where BEGIN, INSERT, COMMIT cost three).
@@ -179,6 +185,11 @@ class Journal:
                 await tx.begin()
                 for job in batch:
                     if isinstance(job, _Append):
+                        if job.check is not None:
+                            error = await _checked(tx, job.check)
+                            if error is not None:
+                                outcomes.append((job.future, None, error))
+                                continue
                         take(job)
                         continue
                     if waiting:  # the appends before this job get the lower ids
@@ -227,6 +238,10 @@ class Journal:
         await tx.savepoint()
         try:
             value = await job.fn(tx, emit)
+        except Duplicate as exc:
+            # Another process committed the same unique key first: this job's conflict.
+            await tx.rollback_to_savepoint()
+            return None, [], exc
         except StorageError:
             raise  # the database itself failed: the whole batch fails
         except Exception as exc:
@@ -235,6 +250,18 @@ class Journal:
             return None, [], exc
         await tx.release()
         return value, emitted, None
+
+
+async def _checked(tx: Tx, check: Check) -> BaseException | None:
+    """What an append's check refused with; None to go on. A check writes nothing, so a
+    refusal has nothing to undo; the database failing fails the whole batch."""
+    try:
+        await check(tx)
+    except StorageError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _flat(waiting: list[tuple[_Append, list[Encoded]]]) -> list[Encoded]:

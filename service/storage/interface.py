@@ -21,6 +21,17 @@ class StorageError(Exception):
     """The database could not do what was asked (busy, full, read-only, corrupt)."""
 
 
+class Duplicate(StorageError):
+    """A write a uniqueness rule refused where another process's commit got there first
+    (the same client_request_id, a second active generation in a project). The database
+    refused it, but the database is fine: the journal fails the job that met it alone,
+    its savepoint undone, and the caller reads again to give one process's answer."""
+
+    def __init__(self, constraint: str, message: str) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A row of messages, its columns in the order the messages API shows them."""
@@ -98,6 +109,29 @@ class Tx(Protocol):
     ) -> int: ...
     async def close_open_sessions(self, reason: str, at: int) -> None: ...
 
+    # Leases (generation/leases.py): who runs a generation, while several processes share
+    # the database. Each check locks the generation's row until the transaction ends, so
+    # an owner's write and another process's end of it take turns. Where one process
+    # owns the database (SQLite, `Storage.shared` false) it holds every lease: no-ops.
+    async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None: ...
+    async def holds_lease(self, generation_id: str, owner: str) -> bool:
+        """Active, owned by `owner`, its lease not expired."""
+        ...
+
+    async def lease_lapsed(self, generation_id: str) -> bool:
+        """Active and its lease expired: no live process runs it."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, seconds: float, generation_ids: Sequence[str]
+    ) -> list[str]:
+        """Extend `owner`'s leases on these generations; returns those it no longer holds."""
+        ...
+
+    async def request_cancel(self, generation_id: str) -> None:
+        """Flag an active generation for its owner to cancel (cancel_requests)."""
+        ...
+
 
 class Reads(Protocol):
     """The reads: each sees every event published before it was issued."""
@@ -116,11 +150,21 @@ class Reads(Protocol):
         self, project_id: str, after: int, limit: int, generation_id: str | None = None
     ) -> list[Event]: ...
     async def streamed_text(self, generation_id: str) -> str: ...
+    async def lapsed_generation_ids(self) -> list[str]:
+        """Active generations whose lease expired (or that never had one), oldest first."""
+        ...
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        """`owner`'s active generations that another process asked to cancel."""
+        ...
 
 
 class Storage(Reads, Protocol):
     """A backend: the reads, and the writes only the journal's writer loop makes."""
 
+    # Several processes may write this database (PostgreSQL): generations carry leases.
+    @property
+    def shared(self) -> bool: ...
     def transaction(self) -> Tx: ...
     async def commit_events(self, encoded: Sequence[Encoded]) -> list[Event]:
         """Insert events as one transaction of their own, outside any Tx, giving ids as

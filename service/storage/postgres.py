@@ -60,7 +60,7 @@ from service.config import redacted
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import Message, StorageError
+from service.storage.interface import Duplicate, Message, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         close_reason text
     );
     """,
+    # 2. Leases (issue 13 item 4, generation/leases.py): the process running a generation
+    # (owner, a fresh identity each start) and until when its claim holds; a cancel asked
+    # on another process; one active generation per project held by the database itself,
+    # so two processes racing to submit cannot both pass the lifecycle's check.
+    """
+    ALTER TABLE generations
+        ADD COLUMN owner text,
+        ADD COLUMN lease_expires_at timestamptz,
+        ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
+    CREATE UNIQUE INDEX generations_one_active ON generations(project_id)
+        WHERE status IN ('pending', 'running');
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 # Processes starting together migrate one at a time (a transaction-level advisory lock).
@@ -213,6 +225,32 @@ _INSERT_EVENTS: Final = f"""
     SELECT base FROM head
 """
 
+# Leases, on the server's clock (clock_timestamp(), not now(): a journal batch is one
+# transaction, and now() is its start), so processes on machines whose clocks differ agree.
+_LEASED_UNTIL: Final = "clock_timestamp() + make_interval(secs => $3::float8)"
+_LAPSED: Final = "(lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp())"
+# Every check of a lease locks the log first, then the generation's row (FOR UPDATE).
+# The row lock serializes an owner's write with another process's end of the same
+# generation: a second SELECT ... FOR UPDATE of the row waits until the first
+# transaction ends, then re-checks its WHERE on the row as the first left it (PostgreSQL
+# 15 docs, 13.3.2 "Row-Level Locks": FOR UPDATE "causes the rows retrieved by the SELECT
+# statement to be locked as though for update", blocking other FOR UPDATE until the
+# transaction ends, https://www.postgresql.org/docs/15/explicit-locking.html#LOCKING-ROWS;
+# and 13.2.1: in Read Committed a waiting locker "will re-evaluate its WHERE clause" on
+# the updated row, https://www.postgresql.org/docs/15/transaction-iso.html#XACT-READ-COMMITTED).
+# The log first, since every writer of events takes it (_INSERT_EVENTS) and holds it to
+# commit: a batch holding it and waiting for a row locked by a batch that waits for it
+# would deadlock. Taken first, in every transaction that locks a generation's row, it is
+# one fixed order. FOR NO KEY UPDATE conflicts with the UPDATE's own lock on that row.
+_LOCK_LOG: Final = "SELECT last_event_id FROM event_log_head FOR NO KEY UPDATE"
+
+# The uniqueness rules two processes racing to submit can meet, each the same answer as
+# the lifecycle's own check on one process (generation/lifecycle.py, submit): the same
+# client_request_id, a second active generation in a project. Any other is a failure.
+RACED_CONSTRAINTS: Final = frozenset(
+    {"generations_project_id_client_request_id_key", "generations_one_active"}
+)
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _C = TypeVar("_C", bound=type)
@@ -233,6 +271,10 @@ def _translate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[An
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await method(*args, **kwargs)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name not in RACED_CONSTRAINTS:
+                raise StorageError(_message(exc)) from exc
+            raise Duplicate(exc.constraint_name, _message(exc)) from exc
         except DRIVER_ERRORS as exc:
             raise StorageError(_message(exc)) from exc
 
@@ -310,6 +352,10 @@ class PostgresStorage:
     async def close(self) -> None:
         await self._readers.close()
         await self._writer.close()
+
+    @property
+    def shared(self) -> bool:
+        return True
 
     # -- writes: only the journal's writer loop calls these -------------------------
 
@@ -421,6 +467,21 @@ class PostgresStorage:
             generation_id,
         )
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
+
+    async def lapsed_generation_ids(self) -> list[str]:
+        rows = await self._readers.fetch(
+            f"SELECT id FROM generations WHERE status IN {_ACTIVE} AND {_LAPSED} "
+            "ORDER BY created_at, id"
+        )
+        return [row["id"] for row in rows]
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        rows = await self._readers.fetch(
+            f"SELECT id FROM generations WHERE owner = $1 AND cancel_requested "
+            f"AND status IN {_ACTIVE}",
+            owner,
+        )
+        return [row["id"] for row in rows]
 
 
 @_translating
@@ -658,6 +719,61 @@ class PostgresTx:
             "UPDATE stream_sessions SET ended_at = $1, close_reason = $2 WHERE ended_at IS NULL",
             at,
             reason,
+        )
+
+    # -- leases (the lock order is _LOCK_LOG's) --------------------------------------
+
+    async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None:
+        await self._conn.execute(
+            f"UPDATE generations SET owner = $2, lease_expires_at = {_LEASED_UNTIL} WHERE id = $1",
+            generation_id,
+            owner,
+            seconds,
+        )
+
+    async def holds_lease(self, generation_id: str, owner: str) -> bool:
+        await self._conn.execute(_LOCK_LOG)
+        row = await self._conn.fetchrow(
+            f"SELECT 1 FROM generations WHERE id = $1 AND owner = $2 AND status IN {_ACTIVE} "
+            "AND lease_expires_at > clock_timestamp() FOR UPDATE",
+            generation_id,
+            owner,
+        )
+        return row is not None
+
+    async def lease_lapsed(self, generation_id: str) -> bool:
+        await self._conn.execute(_LOCK_LOG)
+        row = await self._conn.fetchrow(
+            f"SELECT 1 FROM generations WHERE id = $1 AND status IN {_ACTIVE} AND {_LAPSED} "
+            "FOR UPDATE",
+            generation_id,
+        )
+        return row is not None
+
+    async def renew_leases(
+        self, owner: str, seconds: float, generation_ids: Sequence[str]
+    ) -> list[str]:
+        if not generation_ids:
+            return []
+        await self._conn.execute(_LOCK_LOG)
+        # Only a lease not yet expired is renewed: once it has, another process may be
+        # ending the generation, and this one must write nothing more for it.
+        rows = await self._conn.fetch(
+            f"UPDATE generations SET lease_expires_at = {_LEASED_UNTIL} "
+            f"WHERE id = ANY($1::text[]) AND owner = $2 AND status IN {_ACTIVE} "
+            "AND lease_expires_at > clock_timestamp() RETURNING id",
+            list(generation_ids),
+            owner,
+            seconds,
+        )
+        held = {row["id"] for row in rows}
+        return [gid for gid in generation_ids if gid not in held]
+
+    async def request_cancel(self, generation_id: str) -> None:
+        await self._conn.execute(_LOCK_LOG)
+        await self._conn.execute(
+            f"UPDATE generations SET cancel_requested = true WHERE id = $1 AND status IN {_ACTIVE}",
+            generation_id,
         )
 
 

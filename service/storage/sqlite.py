@@ -490,6 +490,18 @@ class Storage:
         )
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
 
+    # One process owns the file (its writer's lock): it holds every lease, none lapses
+    # while it lives, and what a dead one left the next start recovers whole.
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def lapsed_generation_ids(self) -> list[str]:
+        return []
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        return []
+
 
 @_translating
 class SqliteTx:
@@ -729,6 +741,24 @@ class SqliteTx:
             "UPDATE stream_sessions SET ended_at = ?, close_reason = ? WHERE ended_at IS NULL",
             (at, reason),
         )
+
+    # Leases: this process holds them all (Storage.shared is false), so nothing to store.
+    async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None:
+        return None
+
+    async def holds_lease(self, generation_id: str, owner: str) -> bool:
+        return True
+
+    async def lease_lapsed(self, generation_id: str) -> bool:
+        return False
+
+    async def renew_leases(
+        self, owner: str, seconds: float, generation_ids: Sequence[str]
+    ) -> list[str]:
+        return []
+
+    async def request_cancel(self, generation_id: str) -> None:
+        return None
 
 
 def _project_view(row: sqlite3.Row) -> dict[str, Any]:
