@@ -13,7 +13,7 @@ from typing import Any, Final
 
 ENV_PREFIX = "GENSTREAM_"
 # Secrets are read from the environment only, so a committed config.toml cannot leak them.
-SECRET_SETTINGS = frozenset({("auth", "token")})
+SECRET_SETTINGS = frozenset({("auth", "token"), ("auth", "jwt_secret")})
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,8 @@ POSITIVE: Final = frozenset(
         "generation.max_file_bytes",
         "openai.max_tokens",
         "openai.request_timeout_seconds",
+        "auth.jwt_default_ttl_seconds",
+        "auth.jwt_max_ttl_seconds",
     }
 )
 CHOICES: Final = {
@@ -50,6 +52,7 @@ CHOICES: Final = {
     "generation.provider": ("offline", "openai", "auto"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),
+    "auth.jwt_algorithm": ("HS256", "EdDSA", "RS256"),
 }
 MAX_PORT: Final = 65535
 # What libpq (and asyncpg) take as a connection URL.
@@ -63,6 +66,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     shutdown_grace_seconds: float = 10.0
     allow_remote_without_token: bool = False
+    # Origins (scheme://host[:port]) of apps on other origins, separated by commas or
+    # spaces; empty: no CORS headers at all (web/cors.py).
+    cors_origins: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,13 +133,31 @@ class OpenAISettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    token: str = ""
+    token: str = ""  # the master token: every route, for the app's own server side
+    # Scoped tokens (service/auth.py): JWTs signed with jwt_secret (HS256) or checked
+    # against a public key (EdDSA, RS256), the one algorithm accepted.
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_private_key_file: str = ""  # lets POST /api/tokens sign with EdDSA or RS256
+    jwt_audience: str = "genstream"
+    jwt_default_ttl_seconds: int = 300
+    jwt_max_ttl_seconds: int = 3600
+    jwt_leeway_seconds: int = 5
+    cookie_secure: bool = False  # Secure even when genstream sees plain HTTP (TLS at a proxy)
+
+    @property
+    def enabled(self) -> bool:
+        """A credential is checked: the master token, scoped tokens, or both."""
+        keys = (self.jwt_secret, self.jwt_public_key_file, self.jwt_private_key_file)
+        return bool(self.token or any(keys))
 
 
 @dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
+    access: bool = True  # one line a request, tokens redacted (web/request_log.py)
 
 
 @dataclass(frozen=True)

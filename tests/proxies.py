@@ -7,13 +7,16 @@ the text it replaces is no longer in the recipe: the documented text is the test
 
 Each proxy is one process as the user running the test, everything it writes in its own
 folder: its config, its log, and for nginx its temp folders and an access log of
-`status method uri` lines (`RunningProxy.answered`).
+`status method uri` lines, with the stream routes' lines in the recipe's own format
+(deploy/nginx-log-format.conf: no query string) in a second file
+(`RunningProxy.access_log`, `RunningProxy.answered`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +39,12 @@ START_TIMEOUT: Final = 10.0
 STOP_TIMEOUT: Final = 5.0
 POLL_SECONDS: Final = 0.02
 NGINX_ACCESS_LOG: Final = "access.log"
+NGINX_STREAMS_LOG: Final = "streams-access.log"
+# The recipe's own log of the stream routes, and the http {} file with its format.
+NGINX_RECIPE_LOG: Final = "/var/log/nginx/access.log"
+NGINX_LOG_FORMAT: Final = "nginx-log-format.conf"
+# A line of genstream_streams: ... "GET /api/projects/x/stream HTTP/1.1" 200 ...
+_STREAMS_LINE: Final = re.compile(r'"(?P<method>\S+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) ')
 
 
 def _system_binary(name: str) -> str | None:
@@ -197,6 +206,7 @@ def _nginx(setup: Setup) -> tuple[list[str], str]:
     for path in temp.values():
         path.mkdir()
     location = setup.plain_recipe(Kind.NGINX)
+    location = substitute(location, {NGINX_RECIPE_LOG: str(setup.directory / NGINX_STREAMS_LOG)})
     if setup.page:
         location += NGINX_PAGE_LOCATION.format(upstream=f"{LOOPBACK}:{setup.upstream}")
     if setup.certificate is None:
@@ -212,6 +222,7 @@ events {{ worker_connections 256; }}
 http {{
     log_format requests '$status $request_method $request_uri';
     access_log {setup.directory / NGINX_ACCESS_LOG} requests;
+{recipe(NGINX_LOG_FORMAT)}
     client_body_temp_path {temp["body"]};
     proxy_temp_path {temp["proxy"]};
     fastcgi_temp_path {temp["fastcgi"]};
@@ -294,16 +305,22 @@ class RunningProxy:
         return self.log_path.read_text(errors="replace")
 
     def access_log(self) -> list[tuple[int, str, str]]:
-        """What nginx answered so far: (status, method, uri), one per finished request."""
+        """What nginx answered so far: (status, method, uri), one per finished request;
+        the stream routes' after the others, their uri without its query string."""
         assert self.kind is Kind.NGINX, f"only nginx is run with an access log, not {self.kind}"
-        path = self.directory / NGINX_ACCESS_LOG
-        if not path.exists():
-            return []
         entries = []
-        for line in path.read_text().splitlines():
+        for line in self.access_log_text(NGINX_ACCESS_LOG).splitlines():
             status, method, uri = line.split(" ", 2)
             entries.append((int(status), method, uri))
+        for line in self.access_log_text(NGINX_STREAMS_LOG).splitlines():
+            match = _STREAMS_LINE.search(line)
+            assert match is not None, line
+            entries.append((int(match["status"]), match["method"], match["uri"]))
         return entries
+
+    def access_log_text(self, name: str) -> str:
+        path = self.directory / name
+        return path.read_text() if path.exists() else ""
 
     async def answered(
         self, status: int, uri_prefix: str, count: int, timeout: float

@@ -15,6 +15,8 @@ from tests.process import run_to_exit
 
 TOKEN = "s3cret-token"
 OPEN_PATHS = frozenset({"/healthz", "/"})
+# Clearing the session cookie needs no credential (tests/test_scoped_tokens.py).
+OPEN_ROUTES = frozenset({("DELETE", "/api/session")})
 
 
 def _routes() -> list[tuple[str, str]]:
@@ -32,7 +34,11 @@ def _routes() -> list[tuple[str, str]]:
 
 
 ROUTES = _routes()
-GUARDED = [(m, p) for m, p in ROUTES if p not in OPEN_PATHS and not p.startswith("/static")]
+GUARDED = [
+    (m, p)
+    for m, p in ROUTES
+    if p not in OPEN_PATHS and (m, p) not in OPEN_ROUTES and not p.startswith("/static")
+]
 
 
 def test_every_api_route_and_metrics_are_guarded() -> None:

@@ -24,6 +24,7 @@ from service.web.params import MAX_INTEGER, decimal_pattern, non_negative_int
 from tests.conftest import MakeServer
 
 TOKEN = "openapi-token"
+JWT_SECRET = "openapi-jwt-secret-of-32-bytes-or-more"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # The run takes 10-20 s here; the bound is for a machine busy with other tests.
@@ -37,7 +38,7 @@ STREAM_TIMEOUT = 30.0
 async def test_schemathesis_finds_the_server_as_described(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
-    gs = await make_server(auth={"token": TOKEN})
+    gs = await make_server(auth={"token": TOKEN, "jwt_secret": JWT_SECRET})
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -117,9 +118,14 @@ def test_without_a_token_the_description_declares_no_auth() -> None:
     assert "401" not in statuses
     guarded = describe(Settings().replace(auth={"token": TOKEN}))
     assert guarded["security"] == [{"bearer": []}]
+    open_ops = set()
     for path, methods in guarded["paths"].items():
-        for op in methods.values():
-            assert ("401" in op["responses"]) == (path != "/healthz"), path
+        for method, op in methods.items():
+            assert ("401" in op["responses"]) == (op.get("security") != []), path
+            if op.get("security") == []:
+                open_ops.add((method, path))
+    # Clearing the session cookie needs no credential (tests/test_scoped_tokens.py).
+    assert open_ops == {("get", "/healthz"), ("delete", "/api/session")}
 
 
 def test_the_body_schemas_hold_the_fields_the_handlers_take() -> None:

@@ -9,6 +9,16 @@
 A stream reconnects by itself when the connection drops (exponential backoff with
 jitter, never sooner than the server's `retry:`), resumes with `Last-Event-ID`, and
 never yields an event twice. A generation stream ends after the terminal event.
+
+A scoped token expires (README "Scoped tokens"): give `token_source`, a coroutine
+function that fetches a fresh one (from the app's own server, say), and the client calls
+it before every reconnect of a stream and after any 401, then tries again once:
+
+    async def fresh_token() -> str:
+        async with http.post("https://app.example/genstream-token") as answer:
+            return (await answer.json())["token"]
+
+    GenstreamClient(url, token_source=fresh_token)
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -36,6 +46,9 @@ RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
 NO_STATUS: Final = 0
 UNREACHABLE: Final = "unreachable"
 _ENVELOPE: Final = ("id", "type", "project_id", "generation_id", "ts")
+UNAUTHORIZED: Final = 401
+# Fetches a fresh token: called before a stream reconnects and after a 401.
+TokenSource = Callable[[], Awaitable[str]]
 
 
 class GenstreamError(Exception):
@@ -137,6 +150,7 @@ class GenstreamClient:
         url: str = DEFAULT_URL,
         token: str | None = None,
         *,
+        token_source: TokenSource | None = None,
         heartbeat_seconds: float = 15.0,
         request_timeout: float = 60.0,
         connect_timeout: float = 10.0,
@@ -144,9 +158,11 @@ class GenstreamClient:
         backoff: Backoff = Backoff(),  # frozen, so one default is safe to share
     ) -> None:
         """`max_attempts`: failed attempts in a row (connects, retried calls) before
-        GenstreamError; None retries for ever."""
+        GenstreamError; None retries for ever. `token_source`: see the module's doc; with
+        no `token`, the first request fetches one from it."""
         self.url = url.rstrip("/")
-        self._headers = {hdrs.AUTHORIZATION: f"Bearer {token}"} if token else {}
+        self._token = token
+        self._token_source = token_source
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=connect_timeout,
@@ -165,7 +181,6 @@ class GenstreamClient:
             # total=None: the default 300 s total timeout would cut every long stream.
             connector=aiohttp.TCPConnector(limit=0),
             timeout=self._stream_timeout,
-            headers=self._headers,
         )
         return self
 
@@ -176,6 +191,20 @@ class GenstreamClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def refresh_token(self) -> None:
+        """Fetch a fresh token from `token_source` (nothing without one)."""
+        if self._token_source is not None:
+            self._token = await self._token_source()
+
+    async def _auth(self) -> dict[str, str]:
+        if self._token is None:
+            await self.refresh_token()
+        return {hdrs.AUTHORIZATION: f"Bearer {self._token}"} if self._token else {}
+
+    def _refreshable(self, exc: GenstreamError, refreshed: bool) -> bool:
+        """A 401 another token may cure: there is a source, and it was not just asked."""
+        return exc.status == UNAUTHORIZED and self._token_source is not None and not refreshed
 
     @property
     def _http(self) -> aiohttp.ClientSession:
@@ -259,10 +288,15 @@ class GenstreamClient:
     async def _call(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
         """One API call; with `retry`, connection errors and 502/503/504 are retried."""
         failures = 0
+        refreshed = False
         while True:
             try:
                 return await self._call_once(method, path, body)
             except GenstreamError as exc:
+                if self._refreshable(exc, refreshed):
+                    await self.refresh_token()
+                    refreshed = True
+                    continue  # once: the same call with a fresh token
                 failures += 1
                 if not retry or not _transient(exc) or self._gave_up(failures):
                     raise
@@ -271,7 +305,9 @@ class GenstreamClient:
 
     async def _call_once(self, method: str, path: str, body: Any) -> Any:
         data = None if body is None else orjson.dumps(body)
-        headers = {hdrs.CONTENT_TYPE: "application/json"} if data is not None else {}
+        headers = await self._auth()
+        if data is not None:
+            headers[hdrs.CONTENT_TYPE] = "application/json"
         try:
             async with self._http.request(
                 method,
@@ -325,10 +361,17 @@ class GenstreamClient:
         failures = 0  # connection attempts that failed in a row: give up at max_attempts
         streak = 0  # attempts in a row that brought nothing new: the backoff exponent
         retry_ms: int | None = None
+        reconnect = refreshed = False
         while True:
             parser = SSEParser()
             wait_at_least = 0.0
             streak += 1
+            if reconnect and self._token_source is not None:
+                # The token this stream opened with may have expired since: the server
+                # checks one at each connect, so every reconnect brings a fresh one.
+                await self.refresh_token()
+                refreshed = True
+            reconnect = True
             try:
                 async with self._open_stream(path, cursor) as response:
                     failures = 0
@@ -356,6 +399,8 @@ class GenstreamClient:
                 ):
                     return  # the caller's cursor was at or past the terminal event
             except GenstreamError as exc:
+                if self._refreshable(exc, refreshed):
+                    continue  # a reconnect at once, which fetches a fresh token
                 if not _transient(exc):
                     raise
                 failures += 1
@@ -387,7 +432,11 @@ class GenstreamClient:
     async def _open_stream(
         self, path: str, cursor: int | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        headers = {hdrs.ACCEPT: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache"}
+        headers: dict[str, str] = {
+            hdrs.ACCEPT: "text/event-stream",
+            hdrs.CACHE_CONTROL: "no-cache",
+            **(await self._auth()),
+        }
         if cursor is not None:
             headers[hdrs.LAST_EVENT_ID] = str(cursor)
         async with self._http.get(self.url + path, headers=headers) as response:

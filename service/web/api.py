@@ -8,11 +8,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import hdrs, web
 
+from service.auth import Forbidden, Right, Unauthenticated, scope_of, valid_subject
 from service.errors import NotFound
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
 from service.storage.interface import Tx
+from service.web import auth
 from service.web.context import SERVICES, Services
 from service.web.errors import ApiError, bad_request
 from service.web.params import MAX_INTEGER, non_negative_int
@@ -30,6 +32,7 @@ DATA_IMAGE_PREFIX: Final = "data:image/"
 # what its sender meant. The description says so (additionalProperties: false).
 PROJECT_FIELDS: Final = frozenset({"name"})
 GENERATION_FIELDS: Final = frozenset({"prompt", "image_urls", "client_request_id"})
+TOKEN_FIELDS: Final = frozenset({"projects", "project_prefix", "rights", "expires_in", "subject"})
 # White space, spelt out: a text field that holds nothing else is refused, and
 # service/web/openapi.py puts the same characters in the description's pattern. `\s` would
 # not do: Python's (str.isspace, which strip() uses) and ECMA-262's, which JSON Schema
@@ -135,7 +138,9 @@ async def create_project(request: web.Request) -> web.Response:
 
 @routes.get("/api/projects")
 async def list_projects(request: web.Request) -> web.Response:
-    return json_response({"projects": await _services(request).storage.projects()})
+    reach = auth.grant(request)  # a scoped token sees the projects in its scope only
+    projects = await _services(request).storage.projects()
+    return json_response({"projects": [p for p in projects if reach.covers(p["id"])]})
 
 
 @routes.get("/api/projects/{pid}")
@@ -278,6 +283,68 @@ async def generation_stream(request: web.Request) -> web.StreamResponse:
         cursor = generation["first_event_id"] - 1
     target = StreamTarget(generation["project_id"], generation["id"])
     return await stream(request, services, target, cursor)
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+@routes.post("/api/tokens")
+async def mint_token(request: web.Request) -> web.Response:
+    """A scoped token, signed here for an app that has no JWT library (master only)."""
+    tokens = request.app[auth.TOKENS]
+    body = await _json_body(request, TOKEN_FIELDS)
+    for field, value in body.items():
+        if value is None:
+            raise bad_request(field, "null is not a value: leave the field out")
+    scope = scope_of({"rights": [Right.READ.value], **body}, bad_request)
+    ttl = body.get("expires_in", tokens.settings.jwt_default_ttl_seconds)
+    if isinstance(ttl, float) and ttl.is_integer():
+        ttl = int(ttl)  # 60.0 is an integer to JSON Schema
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+        raise bad_request("expires_in", "must be a whole number of seconds, at least 1")
+    if ttl > tokens.settings.jwt_max_ttl_seconds:
+        limit = tokens.settings.jwt_max_ttl_seconds
+        raise bad_request("expires_in", f"must be at most {limit} (auth.jwt_max_ttl_seconds)")
+    subject = body.get("subject")
+    if subject is not None and not valid_subject(subject):
+        raise bad_request("subject", "must be printable ASCII, not blank, at most 200")
+    minted = tokens.mint(scope, ttl, subject)
+    response = json_response(
+        {
+            "token": minted.token,
+            "token_type": "Bearer",
+            "expires_at": minted.expires_at,
+            "expires_in": ttl,
+            "claims": minted.claims,
+        },
+        status=201,
+    )
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"  # RFC 6749 5.1: never cached
+    return response
+
+
+@routes.post("/api/session")
+async def open_session(request: web.Request) -> web.Response:
+    """The scoped token of the Authorization header as an HttpOnly cookie, for an
+    EventSource on the same origin with no token in its URL."""
+    reach = auth.grant(request)
+    scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if reach.master or reach.expires_at is None:
+        raise Forbidden("the master token is for servers: it is never put in a cookie")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("send the scoped token as Authorization: Bearer <token>")
+    response = web.Response(status=204)
+    secure = request.secure or _services(request).settings.auth.cookie_secure
+    max_age = max(0, reach.expires_at - int(now_ms() / 1000))
+    auth.session_cookie(response, token.strip(), max_age, secure=secure)
+    return response
+
+
+@routes.delete("/api/session")
+async def close_session(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    auth.clear_session_cookie(response)
+    return response
 
 
 # -- service ---------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from service import metrics
+from service.auth import Forbidden, Tokens, Unauthenticated
 from service.config import Settings
 from service.errors import Conflict, DomainError, JournalRefused, NotFound
 from service.eventlog import retention
@@ -28,7 +28,7 @@ from service.metrics import Gauges, Metrics
 from service.protocol import CloseReason
 from service.storage import location, open_storage
 from service.storage.interface import StorageError, Tx
-from service.web import protocol_js, request_log
+from service.web import auth, cors, protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
 from service.web.context import SERVICES, Services
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DESCRIPTION = web.AppKey("description", bytes)
 STATIC_DIR: Final = Path(__file__).parent / "static"
-# Routes EventSource opens: it cannot send headers, so these also take ?token=.
-TOKEN_QUERY_SUFFIXES: Final = ("/stream",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,6 +53,8 @@ _HTTP_CODES: Final = {
 # The one place a kind of the core's refusals gets its HTTP status.
 _DOMAIN_STATUSES: Final[dict[type[DomainError], int]] = {
     NotFound: 404,
+    Unauthenticated: 401,
+    Forbidden: 403,
     Conflict: 409,
     JournalRefused: 503,  # the journal is closing, or the database refused the write
 }
@@ -101,7 +101,11 @@ def api_error(exc: DomainError) -> ApiError:
     """The core's refusal as the API answers it: its status, its code, message and details."""
     for kind, status in _DOMAIN_STATUSES.items():
         if isinstance(exc, kind):
-            return ApiError(status, exc.code, exc.message, **exc.details)
+            # RFC 6750 3: a 401 names the scheme it wants.
+            challenge: dict[str, str] | None = None
+            if status == 401:
+                challenge = {hdrs.WWW_AUTHENTICATE: "Bearer"}
+            return ApiError(status, exc.code, exc.message, headers=challenge, **exc.details)
     # A kind with no status is a bug here, answered as any other: a 500.
     log.error("no HTTP status for %s: %s", type(exc).__name__, exc, exc_info=exc)
     return ApiError(500, "internal_error", "an internal error occurred")
@@ -111,36 +115,6 @@ def error_response(exc: ApiError) -> web.Response:
     response = json_response(exc.body(), status=exc.status)
     response.headers.update(exc.headers)
     return response
-
-
-def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    expected = token.encode()
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") or request.path == "/metrics":
-            given = _presented_token(request)
-            # Constant-time comparison: the time taken says nothing about the token.
-            if given is None or not hmac.compare_digest(given.encode(), expected):
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "a valid token is required: Authorization: Bearer <token>",
-                    headers={hdrs.WWW_AUTHENTICATE: "Bearer"},
-                )
-        return await handler(request)
-
-    return auth
-
-
-def _presented_token(request: web.Request) -> str | None:
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value.strip()
-    if request.path.endswith(TOKEN_QUERY_SUFFIXES):
-        return request.query.get("token")
-    return None
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -227,17 +201,24 @@ def create_app(settings: Settings) -> web.Application:
         request_log.context_middleware,
         error_middleware,
     ]
-    if settings.auth.token:
-        middlewares.append(_auth_middleware(settings.auth.token))
+    tokens = Tokens(settings.auth)  # ConfigError for a key that cannot be used
+    allowed = cors.Cors(cors.parse_origins(settings.server.cors_origins))
+    if allowed.origins:
+        middlewares.append(allowed.preflight)  # before auth: a preflight has no credential
+    if settings.auth.enabled:
+        middlewares.append(auth.auth_middleware(settings.auth.token, tokens))
     app = web.Application(
         middlewares=middlewares,  # type: ignore[arg-type]
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[auth.TOKENS] = tokens
     app[DESCRIPTION] = orjson.dumps(describe(settings))
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
     app.on_response_prepare.append(request_log.echo_request_id)
+    if allowed.origins:
+        app.on_response_prepare.append(allowed.on_prepare)
     app.add_routes(routes)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/api/openapi.json", openapi)

@@ -15,6 +15,14 @@ from typing import Any, Final
 
 from aiohttp import hdrs
 
+from service.auth import (
+    ID_PATTERN,
+    MAX_ID_CHARS,
+    MAX_PROJECTS,
+    MAX_SUBJECT_CHARS,
+    SUBJECT_PATTERN,
+    Right,
+)
 from service.config import Settings
 from service.eventlog import event as events
 from service.web.api import (
@@ -27,6 +35,7 @@ from service.web.api import (
     NOT_BLANK,
     WEB_URL_SCHEMES,
 )
+from service.web.auth import COOKIE, CSRF_HEADER, POLICIES, QUERY_TOKEN, Reach
 from service.web.params import MAX_INTEGER, decimal_pattern
 from service.web.streams import CURSOR_PARAM
 
@@ -186,6 +195,59 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             ),
             "additionalProperties": False,
         },
+        **_token_schemas(settings),
+    }
+
+
+def _token_schemas(settings: Settings) -> dict[str, Schema]:
+    auth = settings.auth
+    project_id = {"type": "string", "maxLength": MAX_ID_CHARS, "pattern": f"^{ID_PATTERN}$"}
+    body = _object(
+        {},
+        projects={
+            "type": "array",
+            "maxItems": MAX_PROJECTS,
+            "items": project_id,
+            "description": "the project ids it reaches (or project_prefix, or both)",
+        },
+        project_prefix={**project_id, "description": "it reaches every project id so starting"},
+        rights={
+            "type": "array",
+            "minItems": 1,
+            "items": {"enum": [right.value for right in Right]},
+            "default": [Right.READ.value],
+            "description": "read: streams, events, messages, files; write: submit, cancel",
+        },
+        expires_in={
+            "type": "integer",
+            "minimum": 1,
+            "maximum": auth.jwt_max_ttl_seconds,
+            "default": auth.jwt_default_ttl_seconds,
+            "description": "seconds from now",
+        },
+        subject={
+            "type": "string",
+            "maxLength": MAX_SUBJECT_CHARS,
+            "pattern": f"^{SUBJECT_PATTERN}$",
+            "description": "who it is for (the `sub` claim, logged): printable ASCII",
+        },
+    )
+    body["additionalProperties"] = False
+    body["anyOf"] = [
+        {"required": ["projects"], "properties": {"projects": {"minItems": 1}}},
+        {"required": ["project_prefix"]},
+    ]
+    return {
+        "TokenBody": body,
+        "Token": _object(
+            {
+                "token": STRING,
+                "token_type": {"const": "Bearer"},
+                "expires_at": {"type": "integer", "description": "Unix time in seconds"},
+                "expires_in": {"type": "integer", "minimum": 1},
+                "claims": {"type": "object"},
+            }
+        ),
     }
 
 
@@ -477,6 +539,48 @@ def _generation_paths(body_limit: int) -> dict[str, Any]:
     }
 
 
+def _token_paths(body_limit: int) -> dict[str, Any]:
+    minted = {
+        **_ok("a scoped token (Cache-Control: no-store)", _ref("Token")),
+        "headers": {"Cache-Control": {"schema": {"const": "no-store"}}},
+    }
+    mint = _op(
+        "mintToken",
+        "sign a scoped token (the master token only)",
+        ("201", minted),
+        "bad_input",
+        "too_large",
+        requestBody=_body("TokenBody", required=True, limit=body_limit),
+    )
+    mint["responses"]["409"] = _error(
+        "this server holds no key to sign with (no_signing_key): the app signs its own"
+    )
+    cookie = (
+        f"{COOKIE}: HttpOnly, SameSite=Strict, Path=/api/, Max-Age the token's remaining "
+        "lifetime, Secure over TLS"
+    )
+    return {
+        "/api/tokens": {"post": mint},
+        "/api/session": {
+            "post": {
+                **_op(
+                    "openSession",
+                    "the scoped token of the Authorization header, as a session cookie",
+                    ("204", {"description": f"Set-Cookie: {cookie}"}),
+                ),
+            },
+            "delete": {
+                **_op(
+                    "closeSession",
+                    "clear the session cookie",
+                    ("204", {"description": f"Set-Cookie: {COOKIE} cleared"}),
+                ),
+                "security": [],
+            },
+        },
+    }
+
+
 def _service_paths() -> dict[str, Any]:
     counts = _object(
         {
@@ -538,31 +642,69 @@ def describe(settings: Settings) -> dict[str, Any]:
         "paths": {
             **_project_paths(body_limit),
             **_generation_paths(body_limit),
+            **_token_paths(body_limit),
             **_service_paths(),
         },
     }
-    if settings.auth.token:
-        _guard(spec)
+    if settings.auth.enabled:
+        _guard(spec, scoped=bool(settings.auth.jwt_secret or _key_files(settings)))
     return spec
 
 
-def _guard(spec: dict[str, Any]) -> None:
-    """Declare the token, and its 401, on every route it guards."""
-    spec["components"]["securitySchemes"] = {
+def _key_files(settings: Settings) -> bool:
+    return bool(settings.auth.jwt_public_key_file or settings.auth.jwt_private_key_file)
+
+
+def _guard(spec: dict[str, Any], *, scoped: bool) -> None:
+    """Declare the credentials, and their 401 and 403, on every route they guard: the
+    master token or a scoped one as a bearer token, as ?token= on the streams
+    (EventSource cannot set headers), as the session cookie (web/auth.py)."""
+    schemes: dict[str, Schema] = {
         "bearer": {"type": "http", "scheme": "bearer"},
         "query_token": {
             "type": "apiKey",
             "in": "query",
-            "name": "token",
+            "name": QUERY_TOKEN,
             "description": "for EventSource, which cannot set headers: streams only",
         },
     }
+    if scoped:
+        schemes["cookie"] = {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": COOKIE,
+            "description": f"from POST /api/session; a write needs the {CSRF_HEADER} header",
+        }
+    spec["components"]["securitySchemes"] = schemes
     spec["security"] = [{"bearer": []}]
-    unauthorized = _error("missing or wrong token (unauthorized)")
+    unauthorized = _error(
+        "no token, or one that does not hold: expired, a bad signature, another algorithm "
+        "than the server's, or a token in the query string of a route that is no stream "
+        "(unauthorized)"
+    )
+    out_of_scope = _error(
+        "a valid token that does not reach this: another project, no write right, a route "
+        "for the master token only, or a cookie write without its header (forbidden, "
+        "csrf_header_missing)"
+    )
     for path, methods in spec["paths"].items():
-        for op in methods.values():
+        for method, op in methods.items():
             if op.get("security") == []:
                 continue
             op["responses"]["401"] = unauthorized
+            reach = POLICIES.get((method.upper(), path))
+            if (
+                reach is not None
+                and (reach.reach is not Reach.ANY)
+                and (scoped or _always_403(path))
+            ):
+                op["responses"]["403"] = out_of_scope
             if path.endswith("/stream"):
                 op["security"] = [{"bearer": []}, {"query_token": []}]
+            if scoped:
+                op["security"] = [*op.get("security", spec["security"]), {"cookie": []}]
+
+
+def _always_403(path: str) -> bool:
+    # The master token is never put in a cookie: 403 even where it is the only credential.
+    return path == "/api/session"

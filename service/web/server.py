@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from service.config import ConfigError, Settings
+from service.web import request_log
 from service.web.app import create_app, error_response
 from service.web.errors import ApiError, malformed_request
 
@@ -63,7 +64,9 @@ async def start(
         # them: half the grace each, so that serve() ends within the grace.
         shutdown_timeout=settings.server.shutdown_grace_seconds / 2,
         handle_signals=False,
-        access_log=None,
+        # One line a request, tokens redacted (request_log.AccessLogger), or none.
+        access_log=request_log.ACCESS_LOG if settings.log.access else None,
+        access_log_class=request_log.AccessLogger,
     )
     await runner.setup()
     site = web.TCPSite(
@@ -216,7 +219,7 @@ def is_loopback(host: str) -> bool:
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback without a token, unless told to on purpose."""
     host = settings.server.host
-    if is_loopback(host) or settings.auth.token or settings.server.allow_remote_without_token:
+    if is_loopback(host) or settings.auth.enabled or settings.server.allow_remote_without_token:
         return
     raise ConfigError(
         f"server.host = {host!r} is reachable from other machines and no token is set: "

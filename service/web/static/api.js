@@ -24,8 +24,24 @@ export function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
+// A page that embeds genstream with a scoped token, which expires, sets
+//   window.genstreamTokenSource = async () => (await fetch("/my-app/genstream-token")).text();
+// and then a fresh token is fetched before a stream is reopened and after any 401,
+// instead of asking the person (README "Scoped tokens").
+function tokenSource() {
+  return typeof window.genstreamTokenSource === "function" ? window.genstreamTokenSource : null;
+}
+
+export async function refreshToken() {
+  const source = tokenSource();
+  if (!source) return;
+  const value = await source();
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+}
+
 function obtainToken(rejected) {
-  pendingToken ??= askForToken(rejected)
+  const source = tokenSource();
+  pendingToken ??= (source ? source() : askForToken(rejected))
     .then((value) => {
       sessionStorage.setItem(TOKEN_KEY, value);
       return value;
@@ -65,13 +81,19 @@ export async function api(method, path, body) {
     const data = await response.json().catch(() => null);
     if (response.status === 401 && data?.error?.code === "unauthorized") {
       sessionStorage.removeItem(TOKEN_KEY);
-      // Waits for the person; each answer is tried once, so this loop moves at their pace.
+      // Expired or not valid (a 401), unlike a 403 below: ask for another. Waits for the
+      // person; each answer is tried once, so this loop moves at their pace.
       await obtainToken(Boolean(sent));
       continue;
     }
     if (!response.ok) {
       const error = data?.error ?? {};
-      throw new ApiError(response.status, error.code ?? "http_error", error.message ?? response.statusText);
+      let message = error.message ?? response.statusText;
+      if (response.status === 403) {
+        // A valid token, for something outside what it grants: asking again would not help.
+        message = `Not allowed with this token (outside its scope): ${message}`;
+      }
+      throw new ApiError(response.status, error.code ?? "http_error", message);
     }
     return data;
   }

@@ -119,7 +119,9 @@ function ask({ title, text, placeholder = "", secret = false, cancellable = true
 onTokenNeeded((rejected) =>
   ask({
     title: "Access token",
-    text: rejected ? "That token was not accepted. Try again." : "This genstream server needs an access token.",
+    text: rejected
+      ? "That token was not accepted: it has expired or is not valid. Paste a fresh one."
+      : "This genstream server needs an access token.",
     placeholder: "token",
     secret: true,
     cancellable: false,

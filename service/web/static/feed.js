@@ -7,7 +7,7 @@
 // then the page opens a new one from its cursor, after a backoff. Every event goes through `deliver`, which drops ids at or
 // below the cursor, so a replay, or a poll racing the stream, never applies an event twice.
 
-import { api, segment, withToken } from "./api.js";
+import { api, refreshToken, segment, withToken } from "./api.js";
 import { EventType } from "./protocol.js";
 
 // Every type the log holds gets a listener: a named SSE event reaches only those.
@@ -109,7 +109,18 @@ export class Feed {
     if (!this.polling) {
       this.setState("reconnecting", `attempt ${this.failures + 1} in ${(delay / 1000).toFixed(1)} s`);
     }
-    this.reopenTimer = setTimeout(() => this.openStream(), delay);
+    this.reopenTimer = setTimeout(() => this.reopen(), delay);
+  }
+
+  // The server checks a token only when a stream opens, so one that expired meanwhile is
+  // refused at the reopen: fetch a fresh one first (when the embedding page gives a source).
+  async reopen() {
+    try {
+      await refreshToken();
+    } catch {
+      // No fresh token: the stream is refused, and polling's 401 asks for one.
+    }
+    this.openStream();
   }
 
   startPolling() {
