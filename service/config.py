@@ -26,6 +26,7 @@ POSITIVE: Final = frozenset(
     {
         "server.max_body_bytes",
         "server.shutdown_grace_seconds",
+        "server.workers",
         "storage.readers",
         "storage.pool_size",
         "stream.heartbeat_seconds",
@@ -66,6 +67,7 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     shutdown_grace_seconds: float = 10.0
     allow_remote_without_token: bool = False
+    workers: int = 1  # processes on the port (web/workers.py); more than one needs postgres
     # Origins (scheme://host[:port]) of apps on other origins, separated by commas or
     # spaces; empty: no CORS headers at all (web/cors.py).
     cors_origins: str = ""

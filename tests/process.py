@@ -138,15 +138,17 @@ async def _collect(stream: asyncio.StreamReader, into: bytearray) -> None:
 
 
 async def run_to_exit(
-    tmp_path: Path, *, wrapper: Sequence[str] = (), **settings: str
+    tmp_path: Path, *, wrapper: Sequence[str] = (), args: Sequence[str] = (), **settings: str
 ) -> tuple[int, str]:
-    """Run a server that is expected to refuse to start: its exit code and stderr."""
+    """Run a server that is expected to refuse to start (`serve`, then `args`): its exit
+    code and stderr."""
     process = await asyncio.create_subprocess_exec(
         *wrapper,
         sys.executable,
         "-m",
         "service",
         "serve",
+        *args,
         env=server_env(tmp_path, free_port(), **settings),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

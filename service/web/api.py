@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Final
 
@@ -359,4 +360,6 @@ async def connections(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     services = _services(request)
     status = "stopping" if services.journal.closing else "ok"
-    return json_response({"status": status}, status=503 if status == "stopping" else 200)
+    # The pid tells a process from its siblings (serve --workers, several behind a proxy).
+    body = {"status": status, "pid": os.getpid()}
+    return json_response(body, status=503 if status == "stopping" else 200)

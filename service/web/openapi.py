@@ -64,6 +64,7 @@ def _object(required: dict[str, Schema], **optional: Schema) -> Schema:
 
 STRING: Final[Schema] = {"type": "string"}
 MILLIS: Final[Schema] = {"type": "integer", "description": "Unix time in milliseconds"}
+PROCESS_ID: Final[Schema] = {"type": "integer", "description": "the serving process's id"}
 EVENT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
 
 
@@ -601,8 +602,11 @@ def _service_paths() -> dict[str, Any]:
                 "summary": "liveness",
                 "security": [],
                 "responses": {
-                    "200": _ok("serving", _object({"status": {"const": "ok"}})),
-                    "503": _ok("shutting down", _object({"status": {"const": "stopping"}})),
+                    "200": _ok("serving", _object({"status": {"const": "ok"}, "pid": PROCESS_ID})),
+                    "503": _ok(
+                        "shutting down",
+                        _object({"status": {"const": "stopping"}, "pid": PROCESS_ID}),
+                    ),
                 },
             }
         },

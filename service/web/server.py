@@ -20,6 +20,7 @@ from service.config import ConfigError, Settings
 from service.web import request_log
 from service.web.app import create_app, error_response
 from service.web.errors import ApiError, malformed_request
+from service.web.workers import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,17 @@ class RunningServer:
 
 
 async def start(
-    settings: Settings, *, port: int | None = None, app: web.Application | None = None
+    settings: Settings,
+    *,
+    port: int | None = None,
+    app: web.Application | None = None,
+    worker: WorkerLink | None = None,
 ) -> RunningServer:
     """Serve on settings.server.host (and `port`, 0 for any free one).
 
     `app` is create_app(settings) unless given (the benchmark adds a route to it).
+    `worker`: one of `--workers` (web/workers.py): the port shared by SO_REUSEPORT, and
+    the socket opened only when the supervisor says every worker's app is set up.
     """
     check_exposure(settings)
     if app is None:
@@ -74,8 +81,11 @@ async def start(
         settings.server.host,
         settings.server.port if port is None else port,
         backlog=LISTEN_BACKLOG,
+        reuse_port=worker is not None,
     )
     try:
+        if worker is not None:
+            await worker.set_up()
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -176,13 +186,16 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully; a second signal forces exit."""
+async def serve(settings: Settings, worker: WorkerLink | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully; a second signal forces exit.
+    `worker`: run as one of `--workers` (web/workers.py)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = await start(settings)
+    server = await start(settings, worker=worker)
+    if worker is not None:
+        worker.listening(stop.set)
     settle_heap()
     log.info("genstream listening on http://%s:%d/", settings.server.host, server.port)
     await stop.wait()
