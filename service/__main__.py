@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from service.client import cli
+from service.storage.command import add_copy_command
 from service.web.command import add_serve_command
 
 SERVE = "serve"
@@ -19,7 +20,7 @@ def main(argv: Sequence[str] | None = None, *, default: str | None = None) -> in
     args = list(sys.argv[1:] if argv is None else argv)
     if not args and default is not None:
         args = [default]
-    return cli.main(args, add_commands=(add_serve_command,))
+    return cli.main(args, add_commands=(add_serve_command, add_copy_command))
 
 
 if __name__ == "__main__":
