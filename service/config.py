@@ -29,6 +29,7 @@ POSITIVE: Final = frozenset(
         "server.workers",
         "storage.readers",
         "storage.pool_size",
+        "storage.poll_seconds",
         "stream.heartbeat_seconds",
         "stream.queue_size",
         "stream.replay_page",
@@ -80,6 +81,12 @@ class StorageSettings:
     # postgres: a libpq URL; its password only from the environment (see storage_url_error).
     url: str = ""
     pool_size: int = 10
+    # postgres, several processes (eventlog/feed.py): each process reads the log at least
+    # this often, so a notification that never arrived delays events by at most this.
+    poll_seconds: float = 1.0
+    # postgres: LISTEN for other processes' commits; false: the poll timer alone (behind a
+    # pooler in transaction mode, such as PgBouncer's, which cannot hold a LISTEN).
+    listen: bool = True
     busy_timeout_ms: int = 5000
     readers: int = 1
     retention_events_per_project: int = 100_000

@@ -119,6 +119,7 @@ def test_a_password_in_the_files_storage_url_is_refused(tmp_path: Path, url: str
             id="not-a-postgres-url",
         ),
         pytest.param({"GENSTREAM_STORAGE_POOL_SIZE": "0"}, "pool_size", id="zero-pool"),
+        pytest.param({"GENSTREAM_STORAGE_POLL_SECONDS": "0"}, "poll_seconds", id="zero-poll"),
         pytest.param({"GENSTREAM_GENERATION_LEASE_SECONDS": "0"}, "lease_seconds", id="zero-lease"),
     ],
 )

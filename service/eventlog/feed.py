@@ -95,11 +95,19 @@ class SharedFeed:
 
     @classmethod
     async def start(
-        cls, log_: SharedLog, broker: Broker, *, page: int, poll_seconds: float
+        cls,
+        log_: SharedLog,
+        broker: Broker,
+        *,
+        page: int,
+        poll_seconds: float,
+        listen: bool = True,
     ) -> SharedFeed:
+        """Follow the log from its head now. `listen=False`: the poll timer alone."""
         feed = cls(log_, broker, await log_.max_event_id(), page=page, poll_seconds=poll_seconds)
         feed._task = asyncio.create_task(feed._run(), name="shared-feed")
-        feed._listening = asyncio.create_task(log_.listen(feed.hint), name="shared-feed-listen")
+        if listen:
+            feed._listening = asyncio.create_task(log_.listen(feed.hint), name="shared-feed-listen")
         return feed
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from service.eventlog.event import Encoded, Event
 from service.files import FileRecord
@@ -174,6 +174,7 @@ class Storage(Reads, Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class SharedLog(Reads, Protocol):
     """A log several processes write (PostgreSQL): what eventlog/feed.py reads it by.
 

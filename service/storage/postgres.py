@@ -47,9 +47,12 @@ StorageError for a database failure, as the SQLite backend does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -167,6 +170,20 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 # Processes starting together migrate one at a time (a transaction-level advisory lock).
 MIGRATION_LOCK: Final = 0x67656E73  # "gens"
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
+# Every commit that inserts events notifies this channel (payload: the head it moved the
+# log to); each process's listener (`listen`) hears it. Only a hint: see `listen`.
+NOTIFY_CHANNEL: Final = "genstream_events"
+# The listening connection's application_name (pg_stat_activity), with the process id,
+# so an operator (or a test) can tell which process's listener a backend is.
+LISTENER_NAME: Final = "genstream-listen"
+# A lost listening connection is connected again after 0.1 s, doubling to 2 s: soon after
+# the database is back, and no faster than 2 s while it stays away.
+LISTEN_RETRY_FIRST_SECONDS: Final = 0.1
+LISTEN_RETRY_MAX_SECONDS: Final = 2.0
+# A connection the network dropped without a FIN or RST looks idle, not closed: the
+# listener asks it a trivial question this often, and one unanswered in time ends it.
+LISTEN_CHECK_SECONDS: Final = 5.0
+LISTEN_CHECK_TIMEOUT_SECONDS: Final = 5.0
 
 # The active statuses as an SQL list: ('pending', 'running').
 _ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
@@ -210,7 +227,12 @@ _EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 # Ids and rows in one statement (one round trip, atomic even in autocommit): the counter
 # moves by the number of events, under its row lock; each event's data is built here
 # as Encoded.seal builds it ('{"id":N,' then the rest), so the stored bytes and the
-# published ones are the same. Returns the id before the first.
+# published ones are the same. Returns the id before the first. The same statement
+# notifies NOTIFY_CHANNEL with the new head: still one round trip, and the notification
+# goes out only when (and if) the transaction commits ("if a NOTIFY is executed inside a
+# transaction, the notify events are not delivered until and unless the transaction is
+# committed", https://www.postgresql.org/docs/15/sql-notify.html), so a listener that
+# hears it reads a head that holds these events.
 _INSERT_EVENTS: Final = f"""
     WITH head AS (
         UPDATE event_log_head SET last_event_id = last_event_id + cardinality($1::text[])
@@ -222,7 +244,8 @@ _INSERT_EVENTS: Final = f"""
         FROM head, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
             WITH ORDINALITY AS e(project_id, generation_id, type, ts, rest, n)
     )
-    SELECT base FROM head
+    SELECT base, pg_notify('{NOTIFY_CHANNEL}', (base + cardinality($1::text[]))::text)
+    FROM head
 """
 
 # Leases, on the server's clock (clock_timestamp(), not now(): a journal batch is one
@@ -482,6 +505,55 @@ class PostgresStorage:
             owner,
         )
         return [row["id"] for row in rows]
+
+    # -- the shared log: several processes (eventlog/feed.py, interface.SharedLog) -----
+
+    async def events_since(
+        self, after: int, upto: int, project_ids: Sequence[str], limit: int
+    ) -> list[Event]:
+        """Events with after < id <= upto of those projects, in id order: one statement,
+        a range of the primary key filtered by project. Every id up to a head read
+        before it (`max_event_id`) has committed (the module's docstring), and this
+        statement sees what committed before it began (13.2.1), so none is missed."""
+        rows = await self._readers.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > $1 AND id <= $2 "
+            "AND project_id = ANY($3::text[]) ORDER BY id LIMIT $4",
+            after,
+            upto,
+            list(project_ids),
+            limit,
+        )
+        return [from_row(*row) for row in rows]
+
+    async def listen(self, on_commit: Callable[[], None]) -> None:
+        """Call `on_commit` each time a commit that inserted events is notified (every
+        process's, this one's included), and after each connect of the listening
+        connection: a commit made while no LISTEN was on (before the first, or while the
+        connection was lost) was heard by nobody here. Runs until cancelled.
+
+        A connection of its own, not the pool's: a LISTEN belongs to its session and
+        lasts as long as it ("LISTEN takes effect at transaction commit ... the session
+        is unregistered automatically when it ends",
+        https://www.postgresql.org/docs/15/sql-listen.html). Lost (a terminated backend,
+        a restarted server: asyncpg calls the termination listener; or a check left
+        unanswered), it is connected again with a bounded backoff."""
+        retry = LISTEN_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                conn = await _listener_connection(self._url)
+            except DRIVER_ERRORS as exc:
+                log.warning("cannot LISTEN on PostgreSQL (again in %.1f s): %s", retry, exc)
+            else:
+                try:
+                    await _listen_until_lost(conn, on_commit)
+                    retry = LISTEN_RETRY_FIRST_SECONDS  # it was up: the next try is quick
+                except DRIVER_ERRORS as exc:
+                    log.warning("the PostgreSQL LISTEN connection failed: %s", exc)
+                finally:
+                    await _close_quietly(conn)
+                log.warning("the PostgreSQL LISTEN connection was lost: connecting again")
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, LISTEN_RETRY_MAX_SECONDS)
 
 
 @_translating
@@ -827,6 +899,41 @@ def _generation_view(row: asyncpg.Record) -> dict[str, Any]:
 
 async def _connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
+
+
+async def _listener_connection(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        url,
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        server_settings={"application_name": f"{LISTENER_NAME}-{os.getpid()}"},
+    )
+
+
+async def _listen_until_lost(conn: asyncpg.Connection, on_commit: Callable[[], None]) -> None:
+    """LISTEN on `conn`, hint once, then wait until the connection is lost (returns) or
+    a check fails (raises)."""
+    lost = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: lost.set())
+
+    def heard(_conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        on_commit()
+
+    await conn.add_listener(NOTIFY_CHANNEL, heard)
+    on_commit()  # LISTEN is on from here: what committed before it, the caller reads
+    while not conn.is_closed():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTEN_CHECK_SECONDS):
+                await lost.wait()
+        if not lost.is_set():
+            await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_TIMEOUT_SECONDS)
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    """Close, or abort a connection that cannot say goodbye (already lost, or stuck)."""
+    try:
+        await conn.close(timeout=LISTEN_CHECK_TIMEOUT_SECONDS)
+    except DRIVER_ERRORS:
+        conn.terminate()
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:

@@ -21,13 +21,14 @@ from service.errors import Conflict, DomainError, JournalRefused, NotFound
 from service.eventlog import retention
 from service.eventlog.broker import Broker
 from service.eventlog.event import now_ms
+from service.eventlog.feed import SharedFeed
 from service.eventlog.journal import Emit, Journal
 from service.generation.lifecycle import Generations
 from service.generation.providers import make_provider
 from service.metrics import Gauges, Metrics
 from service.protocol import CloseReason
 from service.storage import location, open_storage
-from service.storage.interface import StorageError, Tx
+from service.storage.interface import SharedLog, Storage, StorageError, Tx
 from service.web import auth, cors, protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
@@ -121,7 +122,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     storage = await open_storage(settings.storage)
     broker = Broker(settings.stream.queue_size)
-    journal = await Journal.start(storage, broker)
+    feed = await _shared_feed(settings, storage, broker)
+    journal = await Journal.start(storage, broker, feed)
     stats = Metrics()
     journal.on_commit = stats.commit_seconds.observe
     generations = Generations(
@@ -170,7 +172,24 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
                 await pruning
         await generations.close()
         await journal.close()
+        if feed is not None:  # after the journal: its last commits still reach streams
+            await feed.close()
         await storage.close()
+
+
+async def _shared_feed(settings: Settings, storage: Storage, broker: Broker) -> SharedFeed | None:
+    """A log several processes write (postgres) feeds this process's broker through a
+    SharedFeed (eventlog/feed.py); on SQLite, one process, the journal's commits go
+    straight to the broker (None: the journal's Direct)."""
+    if not isinstance(storage, SharedLog):
+        return None
+    return await SharedFeed.start(
+        storage,
+        broker,
+        page=settings.stream.replay_page,
+        poll_seconds=settings.storage.poll_seconds,
+        listen=settings.storage.listen,
+    )
 
 
 async def _close_stale_sessions(tx: Tx, emit: Emit) -> None:
