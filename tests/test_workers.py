@@ -92,10 +92,8 @@ async def test_workers_are_processes_of_the_supervisor_sharing_one_port(
             assert response.status == 200, (made_on, seen_on)
 
 
-# Not strict: it passes where the cross-process feed (eventlog/feed.py's SharedFeed, issue
-# 13 item 3) is wired into the app, and fails where it is not, a stream then hearing only
-# its own worker's commits. Remove the mark once the feed has landed.
-@pytest.mark.xfail(reason="needs the cross-process feed (issue 13 item 3)", strict=False)
+# The cross-process feed (eventlog/feed.py's SharedFeed, issue 13 item 3) hands another
+# worker's commits to this worker's streams.
 async def test_a_stream_on_one_worker_gets_a_generation_submitted_on_another(
     tmp_path: Path, pg_database: Database
 ) -> None:
