@@ -30,6 +30,8 @@ class Faults:
     replay_from_zero: bool = False
     # Forward the first submission, then drop the connection instead of answering.
     lose_first_submit_reply: bool = False
+    # Answer every stream request 503, as a proxy whose upstream refuses them would.
+    refuse_streams: bool = False
 
 
 @dataclass
@@ -39,6 +41,11 @@ class Seen:
     stream_cursors: list[str | None] = field(default_factory=list)
     submits: int = 0
     cut: int = 0
+    # Requests answered 502 because the upstream was not listening, and streams refused.
+    bad_gateway: int = 0
+    refused: int = 0
+    # Each stream request's query string (where an EventSource carries its ?token=).
+    stream_queries: list[str] = field(default_factory=list)
 
 
 class FaultyProxy:
@@ -53,17 +60,26 @@ class FaultyProxy:
         is_stream = request.path.endswith("/stream")
         if is_stream:
             self.seen.stream_cursors.append(headers.get("Last-Event-ID"))
+            self.seen.stream_queries.append(request.query_string)
             if self.faults.replay_from_zero and "Last-Event-ID" in headers:
                 headers["Last-Event-ID"] = "0"
-        async with self._http.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-        ) as upstream:
-            if upstream.content_type == "text/event-stream":
-                return await self._pipe_stream(request, upstream)
-            body = await upstream.read()
+            if self.faults.refuse_streams:
+                self.seen.refused += 1
+                return web.Response(status=503, text="streams refused by the proxy")
+        try:
+            async with self._http.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers=headers,
+                data=await request.read(),
+            ) as upstream:
+                if upstream.content_type == "text/event-stream":
+                    return await self._pipe_stream(request, upstream)
+                body = await upstream.read()
+        except aiohttp.ClientConnectorError:
+            # The upstream is not listening (restarting): nginx's answer.
+            self.seen.bad_gateway += 1
+            return web.Response(status=502, text="bad gateway")
         if request.method == "POST" and request.path.endswith("/generations"):
             self.seen.submits += 1
             if self.faults.lose_first_submit_reply and self.seen.submits == 1:

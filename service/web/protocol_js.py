@@ -10,8 +10,10 @@ string the string.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Final
 
 import orjson
@@ -27,12 +29,20 @@ _HEAD: Final = (
     "// service/protocol.py, the one vocabulary, as the page imports it: written from it by\n"
     "// service/web/protocol_js.py when the server starts (there is no such file to edit).\n"
 )
+# The JavaScript client's package (static/client/, README "Embedding") is published as
+# files, so it holds the same text as a file of its own, written by
+# `python -m service.web.protocol_js` (tests/test_js_client_package.py holds it equal).
+PACKAGE_COPY: Final = Path(__file__).parent / "static" / "client" / "protocol.js"
+PACKAGE_HEAD: Final = (
+    "// service/protocol.py, the one vocabulary, as the client imports it: written from it by\n"
+    "// `python -m service.web.protocol_js` (do not edit; a test holds it to protocol.py).\n"
+)
 
 
-def render() -> bytes:
+def render(head: str = _HEAD) -> bytes:
     """The module's text: one export per name of `protocol.__all__`, in that order."""
     exports = [_export(name, getattr(protocol, name)) for name in protocol.__all__]
-    return (_HEAD + "".join(exports)).encode()
+    return (head + "".join(exports)).encode()
 
 
 def _export(name: str, value: object) -> str:
@@ -66,3 +76,8 @@ def handler() -> Callable[[web.Request], Awaitable[web.Response]]:
         )
 
     return serve
+
+
+if __name__ == "__main__":
+    PACKAGE_COPY.write_bytes(render(PACKAGE_HEAD))
+    sys.stdout.write(f"wrote {PACKAGE_COPY}\n")
