@@ -5,11 +5,10 @@
 // replayed from its first one (so partial text and half-written files show); then ONE
 // EventSource on the project stream from the last event applied.
 
-import { api, filePath, onTokenNeeded, segment } from "./api.js";
+import { api, client, filePath, onTokenNeeded, segment, submitPrompt } from "./api.js";
 import { ChatView } from "./chat.js";
 import { DebugDrawer } from "./debug.js";
 import { $, el } from "./dom.js";
-import { Feed, replay } from "./feed.js";
 import { FilesView } from "./files.js";
 import { ProgressView } from "./progress.js";
 import { TERMINAL_TYPES } from "./protocol.js";
@@ -46,7 +45,7 @@ const debug = new DebugDrawer();
 
 const NO_PROJECT = new ProjectState(null);
 let state = null; // the open project's ProjectState
-let feed = null;
+let feed = null; // the client's Feed on the open project
 let opening = 0; // bumped per openProject: answers for an older one are dropped
 let opened = Promise.resolve();
 let frame = 0;
@@ -196,7 +195,7 @@ async function loadProject(projectId, push) {
     const active = project.active_generation;
     if (active) {
       next.beginGeneration(active);
-      cursor = await replay(projectId, active.first_event_id - 1, (event) => {
+      cursor = await client.replay(projectId, active.first_event_id - 1, (event) => {
         next.apply(event);
         debug.event(event, "replay");
       });
@@ -209,8 +208,7 @@ async function loadProject(projectId, push) {
     document.body.dataset.project = projectId;
     // It ended while we replayed it: take the database's final messages and files.
     if (active && !state.generating) resync(state);
-    feed = new Feed(projectId, { onEvent, onState });
-    feed.start(cursor);
+    feed = client.follow(projectId, { after: cursor, onEvent, onState });
   } catch (error) {
     if (ticket !== opening) return;
     note(error.status === 404 ? "That project does not exist (any more)." : error.message);
@@ -274,10 +272,6 @@ async function loadFile(path) {
 
 // -- chat ------------------------------------------------------------------------------------
 
-function requestId() {
-  return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
-}
-
 async function submit() {
   const prompt = ui.prompt.value;
   if (!prompt.trim() || busy || state?.generating) return;
@@ -288,10 +282,7 @@ async function submit() {
     await opened;
     if (!state) await createProject(prompt.trim().split(/\s+/).slice(0, 6).join(" ").slice(0, 60));
     const current = state;
-    const answer = await api("POST", `/api/projects/${segment(current.project.id)}/generations`, {
-      prompt,
-      client_request_id: requestId(),
-    });
+    const answer = await submitPrompt(current.project.id, prompt);
     current.upsertMessage(answer.user_message);
     current.upsertMessage(answer.assistant_message);
     current.beginGeneration(answer.generation);
