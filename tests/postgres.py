@@ -19,14 +19,13 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import LOOPBACK
-from tests.process import free_port
+from tests.net import LOOPBACK, free_port
 
 SUPERUSER = "genstream"
 ADMIN_DATABASE = "postgres"
@@ -34,15 +33,19 @@ UNPRIVILEGED_USER = "nobody"
 # Debian installs each major version's server binaries beside the others.
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 START_TIMEOUT_SECONDS = 30
+# What every cluster here needs: TCP on loopback alone, room for several processes' pools.
+BASE_OPTIONS = (
+    f"-c listen_addresses={LOOPBACK}",
+    "-c unix_socket_directories=''",
+    "-c max_connections=300",
+)
 # Settings for a cluster whose data may be lost: a test's database never outlives it.
 # fsync and full-page writes off make CREATE DATABASE and commits cheap on a shared disk.
 SERVER_OPTIONS = (
-    f"-c listen_addresses={LOOPBACK}",
-    "-c unix_socket_directories=''",
+    *BASE_OPTIONS,
     "-c fsync=off",
     "-c synchronous_commit=off",
     "-c full_page_writes=off",
-    "-c max_connections=300",
 )
 _database_numbers = itertools.count(1)
 
@@ -82,17 +85,26 @@ def find_binaries() -> Path:
 class Cluster:
     """One postmaster and its data folder; `url(database)` to reach it."""
 
-    def __init__(self, binaries: Path, root: Path, port: int, as_user: list[str]) -> None:
+    def __init__(
+        self,
+        binaries: Path,
+        root: Path,
+        port: int,
+        as_user: list[str],
+        options: Sequence[str] = SERVER_OPTIONS,
+    ) -> None:
         self.binaries = binaries
         self.root = root
         self.data = root / "data"
         self.log = root / "postgres.log"
         self.port = port
         self._as_user = as_user  # the command prefix that drops root, or nothing
+        self._options = options  # the postmaster's -c settings
 
     @classmethod
-    def create(cls) -> Cluster:
-        """initdb into a new temporary folder (started by `start`)."""
+    def create(cls, options: Sequence[str] = SERVER_OPTIONS) -> Cluster:
+        """initdb into a new temporary folder (started by `start`), for a postmaster run
+        with `options` (the benchmark's keep fsync on)."""
         binaries = find_binaries()
         root = Path(tempfile.mkdtemp(prefix="genstream-pg-"))
         as_user: list[str] = []
@@ -106,7 +118,7 @@ class Cluster:
                 "--clear-groups",
                 "--",
             ]
-        cluster = cls(binaries, root, free_port(), as_user)
+        cluster = cls(binaries, root, free_port(), as_user, options)
         try:
             cluster._run(
                 "initdb",
@@ -151,7 +163,7 @@ class Cluster:
             f"--timeout={START_TIMEOUT_SECONDS}",
             f"--pgdata={self.data}",
             f"--log={self.log}",
-            f"--options=-p {self.port} {' '.join(SERVER_OPTIONS)}",
+            f"--options=-p {self.port} {' '.join(self._options)}",
         )
 
     def stop(self) -> None:

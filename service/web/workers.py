@@ -126,14 +126,14 @@ class _Worker:
         return False
 
 
-async def _start_worker(number: int, argv: Sequence[str]) -> _Worker:
+async def _start_worker(number: int, module: str, argv: Sequence[str]) -> _Worker:
     status_read, status_write = os.pipe()
     control_read, control_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "service",
+            module,
             *argv,
             WORKER_PIPES_OPTION,
             f"{status_write},{control_read}",
@@ -150,9 +150,10 @@ async def _start_worker(number: int, argv: Sequence[str]) -> _Worker:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, argv: Sequence[str], count: int) -> None:
+    def __init__(self, settings: Settings, argv: Sequence[str], count: int, module: str) -> None:
         self._settings = settings
         self._argv = argv
+        self._module = module
         self._count = count
         self.workers: list[_Worker] = []
         self._signalled = asyncio.Event()
@@ -165,7 +166,7 @@ class _Supervisor:
 
     async def run(self) -> int:
         for number in range(1, self._count + 1):
-            self.workers.append(await _start_worker(number, self._argv))
+            self.workers.append(await _start_worker(number, self._module, self._argv))
         if not await self._all_say(SET_UP):
             return await self._stop_all("before it was set up")
         for worker in self.workers:
@@ -242,10 +243,13 @@ class _Supervisor:
         return codes[0] if len(set(codes)) == 1 and codes[0] >= 0 else EXIT_FAILED
 
 
-async def supervise(settings: Settings, argv: Sequence[str], count: int) -> int:
+async def supervise(
+    settings: Settings, argv: Sequence[str], count: int, module: str = "service"
+) -> int:
     """Run `count` workers (`python -m service` with `argv`, each told its pipes) until
-    SIGTERM or SIGINT, or until one of them exits; the exit status for the command."""
-    supervisor = _Supervisor(settings, argv, count)
+    SIGTERM or SIGINT, or until one of them exits; the exit status for the command.
+    `module`: another to run as each worker (the benchmark's server, bench/)."""
+    supervisor = _Supervisor(settings, argv, count, module)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.on_signal, sig)
