@@ -130,12 +130,13 @@ async def serve_app(app: web.Application, port: int) -> None:
     await runner.cleanup()
 
 
-async def announce_and_wait(port: int) -> None:
-    stop = asyncio.Event()
+async def announce_and_wait(port: int, stop: asyncio.Event | None = None) -> None:
+    """Say `PORT <port> <pid>` on stdout, then wait for SIGTERM or SIGINT (or `stop`)."""
+    stop = asyncio.Event() if stop is None else stop
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(f"PORT {port}", flush=True)
+    print(f"PORT {port} {os.getpid()}", flush=True)
     await stop.wait()
 
 

@@ -1,9 +1,14 @@
 """Journal throughput: P producers each appending one event and awaiting its commit.
 
     python -m bench.journal_bench --producers 1 10 100 --events 20000   (prints JSON)
+    python -m bench.journal_bench --postgres postgresql://user@host/db ...
 
 The journal runs in this process over a real SQLite file, as in the server: commit,
 then publish to the broker (no subscribers here, so this is the storage path alone).
+With `--postgres` it runs over that database as the app wires it for that backend: the
+journal's commits go through a SharedFeed (eventlog/feed.py) listening for the
+notifications its own commits send, as every process of several does. Each producer
+count on a fresh SQLite file; on PostgreSQL one after another in the one database.
 """
 
 from __future__ import annotations
@@ -19,17 +24,32 @@ import orjson
 
 from bench import common
 from bench.load import percentile
+from service.config import Settings
 from service.eventlog.broker import Broker
 from service.eventlog.event import MESSAGE_DELTA, Draft
+from service.eventlog.feed import SharedFeed
 from service.eventlog.journal import Journal
-from service.storage.sqlite import Storage
+from service.storage.interface import Storage
+from service.storage.postgres import PostgresStorage
+from service.storage.sqlite import Storage as SqliteStorage
 
 TOPIC = "prj_bench"
 
 
-async def measure(path: str, producers: int, events: int, size: int) -> dict[str, Any]:
-    storage = await Storage.open(path)
-    journal = await Journal.start(storage, Broker(queue_size=1024))
+async def measure(storage: Storage, producers: int, events: int, size: int) -> dict[str, Any]:
+    """`storage` is closed after."""
+    broker = Broker(queue_size=1024)
+    feed = None
+    if isinstance(storage, PostgresStorage):
+        defaults = Settings()
+        feed = await SharedFeed.start(
+            storage,
+            broker,
+            page=defaults.stream.replay_page,
+            poll_seconds=defaults.storage.poll_seconds,
+            listen=defaults.storage.listen,
+        )
+    journal = await Journal.start(storage, broker, feed)
     latencies: list[float] = []
     each = max(1, events // producers)
 
@@ -46,6 +66,8 @@ async def measure(path: str, producers: int, events: int, size: int) -> dict[str
         commits = journal.stats.commits
     finally:
         await journal.close()
+        if feed is not None:
+            await feed.close()
         await storage.close()
     ms = [s * 1000 for s in latencies]
     return {
@@ -62,9 +84,13 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="genstream-bench-") as tmp:
         for producers in args.producers:
-            path = str(Path(tmp) / f"journal-{producers}.db")
+            storage: Storage
+            if args.postgres:
+                storage = await PostgresStorage.open(args.postgres)
+            else:
+                storage = await SqliteStorage.open(str(Path(tmp) / f"journal-{producers}.db"))
             events = min(args.events, args.events_per_producer * producers)
-            results.append(await measure(path, producers, events, args.size))
+            results.append(await measure(storage, producers, events, args.size))
     return results
 
 
@@ -75,6 +101,7 @@ def main() -> None:
     # One producer waits for every commit: bound its run time, not its event count.
     parser.add_argument("--events-per-producer", type=int, default=5_000)
     parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--postgres", help="a PostgreSQL url: the postgres backend")
     args = parser.parse_args()
     print(orjson.dumps(common.run(main_async(args))).decode(), flush=True)
 

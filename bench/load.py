@@ -5,7 +5,7 @@ measured) and notes when it has them all; only a sample of streams parses the
 hand-off time out of each event for latency. That keeps the client cheaper than the
 servers it measures: its CPU seconds are reported next to theirs.
 
-    python -m bench.load KIND URL PID MODE [options]   (prints one JSON object)
+    python -m bench.load KIND URL PID[,PID...] MODE [options]   (prints one JSON object)
 """
 
 from __future__ import annotations
@@ -37,7 +37,21 @@ COMPLETED: Final = b"event: generation.completed"
 class Server:
     kind: str
     url: str
-    pid: int
+    pids: tuple[int, ...]  # every process serving it (the workers of `--workers`)
+
+    def cpu_seconds(self) -> float:
+        return sum(common.cpu_seconds(pid) for pid in self.pids)
+
+    def rss_bytes(self) -> int:
+        return sum(common.rss_bytes(pid) for pid in self.pids)
+
+    def peak_rss_bytes(self) -> int:
+        """The sum of each process's peak: what the workers held at most, together."""
+        return sum(common.peak_rss_bytes(pid) for pid in self.pids)
+
+    def reset_peak_rss(self) -> None:
+        for pid in self.pids:
+            common.reset_peak_rss(pid)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -201,7 +215,7 @@ async def fanout(
     await _open(server, readers)
     # Latency is measured in the steady state: not behind the streams' own setup (their
     # first reads, their session rows) still running after their first bytes.
-    await _quiet(server.pid)
+    await _quiet(server)
     every = max(1, subscribers // sample)
     try:
         for i, reader in enumerate(readers):
@@ -210,10 +224,10 @@ async def fanout(
         latencies = [ns / 1e6 for r in readers for ns in r.latencies_ns]
         for reader in readers:
             reader.reset(events, sampled=False)
-        common.reset_peak_rss(server.pid)
-        cpu0, client0 = common.cpu_seconds(server.pid), _client_cpu()
+        server.reset_peak_rss()
+        cpu0, client0 = server.cpu_seconds(), _client_cpu()
         first_ns = await _deliver(http, server, topic, readers, events, size, 0)
-        cpu = common.cpu_seconds(server.pid) - cpu0
+        cpu = server.cpu_seconds() - cpu0
         client = _client_cpu() - client0
         last_ns = max(r.done_ns for r in readers)
     finally:
@@ -227,7 +241,7 @@ async def fanout(
         "p99_ms": percentile(latencies, 0.99),
         "latency_samples": len(latencies),
         "server_cpu_s": cpu,
-        "server_peak_rss_mib": common.peak_rss_bytes(server.pid) / 2**20,
+        "server_peak_rss_mib": server.peak_rss_bytes() / 2**20,
         "client_cpu_s": client,
     }
 
@@ -284,26 +298,26 @@ async def ttfb(http: aiohttp.ClientSession, server: Server, count: int) -> dict[
 async def idle(http: aiohttp.ClientSession, server: Server, streams: int) -> dict[str, Any]:
     """Server memory per open stream with nothing to send, at `streams` streams."""
     topic = await _new_topic(http, server)
-    before = common.rss_bytes(server.pid)
+    before = server.rss_bytes()
     readers = [
         Reader(_get(server.stream_path(topic, None), server.host_port[0])) for _ in range(streams)
     ]
     try:
         await _open(server, readers)
-        await _quiet(server.pid)
-        after = common.rss_bytes(server.pid)
+        await _quiet(server)
+        after = server.rss_bytes()
     finally:
         for reader in readers:
             reader.close()
     return {"streams": streams, "bytes_per_stream": (after - before) / streams}
 
 
-async def _quiet(pid: int) -> None:
+async def _quiet(server: Server) -> None:
     """Until the server stops using CPU (its streams' bookkeeping is done), at most 10 s."""
     for _ in range(50):
-        cpu = common.cpu_seconds(pid)
+        cpu = server.cpu_seconds()
         await asyncio.sleep(0.2)
-        if common.cpu_seconds(pid) - cpu < 0.01:
+        if server.cpu_seconds() - cpu < 0.01:
             return
 
 
@@ -323,7 +337,7 @@ async def replay(
         )
         for future in done
     ]
-    cpu0 = common.cpu_seconds(server.pid)
+    cpu0 = server.cpu_seconds()
     started = time.time_ns()
     try:
         await _open(server, readers)
@@ -338,7 +352,7 @@ async def replay(
         "clients": clients,
         "events_per_s": events * clients / seconds,
         "seconds": seconds,
-        "server_cpu_s": common.cpu_seconds(server.pid) - cpu0,
+        "server_cpu_s": server.cpu_seconds() - cpu0,
     }
 
 
@@ -370,7 +384,7 @@ async def offline(http: aiohttp.ClientSession, server: Server, runs: int) -> dic
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(args.kind, args.url, args.pid)
+    server = Server(args.kind, args.url, tuple(int(pid) for pid in args.pids.split(",")))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         if args.mode == "fanout":
@@ -397,7 +411,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("genstream", "aiohttp-sse", "raw"))
     parser.add_argument("url")
-    parser.add_argument("pid", type=int)
+    parser.add_argument("pids", help="the server's process ids, comma-separated")
     parser.add_argument("mode", choices=("fanout", "ttfb", "idle", "replay", "offline"))
     parser.add_argument("--subscribers", type=int, default=1)
     parser.add_argument("--events", type=int, default=2000)

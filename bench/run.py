@@ -10,6 +10,7 @@ its own process), runs the journal benchmark, prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import platform
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +28,7 @@ from typing import Any, Final
 import orjson
 
 from bench import common
+from tests.postgres import BASE_OPTIONS, Cluster, PostgresMissing
 
 KINDS: Final = ("genstream", "aiohttp-sse", "raw")
 REFERENCES: Final = ("aiohttp-sse", "raw")
@@ -63,6 +65,9 @@ class Sizes:
     readers: tuple[int, ...]  # storage.readers compared by concurrent replays
     readers_events: int
     readers_clients: int
+    # PostgreSQL beside SQLite: fan-out at the largest subscriber count, one worker and
+    # two taking turns, this many runs each (the median kept).
+    postgres_repeats: int
 
 
 FULL: Final = Sizes(
@@ -82,6 +87,7 @@ FULL: Final = Sizes(
     readers=(1, 2, 4),
     readers_events=20_000,
     readers_clients=20,
+    postgres_repeats=3,
 )
 QUICK: Final = Sizes(
     subscribers=(1, 5),
@@ -98,6 +104,7 @@ QUICK: Final = Sizes(
     readers=(1, 2),
     readers_events=200,
     readers_clients=3,
+    postgres_repeats=1,
 )
 
 
@@ -106,6 +113,7 @@ class Running:
     kind: str
     process: subprocess.Popen[bytes]
     url: str
+    pids: tuple[int, ...]  # the processes that serve (with --workers, the workers)
 
 
 @contextlib.contextmanager
@@ -120,31 +128,50 @@ def servers(tmp: Path, readers: int | None = None) -> Iterator[dict[str, Running
                 command += ["--db", str(tmp / name)]
                 if readers is not None:
                     command += ["--readers", str(readers)]
-            process = subprocess.Popen(command, stdout=subprocess.PIPE)
-            started[kind] = Running(kind, process, f"http://{common.LOOPBACK}:{_port(process)}")
+            started[kind] = launch(kind, command)
         yield started
     finally:
-        for running in started.values():
-            running.process.send_signal(signal.SIGTERM)
-        for running in started.values():
-            try:
-                running.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
+        stop(started.values())
 
 
-def _port(process: subprocess.Popen[bytes]) -> int:
+def launch(kind: str, command: list[str], processes: int = 1) -> Running:
+    """Start a server; it is up once `processes` of it (each worker) said its port."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    try:
+        said = [_port(process) for _ in range(processes)]
+    except BaseException:
+        stop([Running(kind, process, "", ())])
+        raise
+    (port,) = {port for port, _ in said}
+    return Running(kind, process, f"http://{common.LOOPBACK}:{port}", tuple(p for _, p in said))
+
+
+def stop(running: Iterable[Running]) -> None:
+    """SIGTERM (a supervisor forwards it to its workers), then the kill after 15 s."""
+    running = list(running)
+    for one in running:
+        one.process.send_signal(signal.SIGTERM)
+    for one in running:
+        try:
+            one.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            one.process.kill()
+            one.process.wait()
+
+
+def _port(process: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """The `PORT <port> <pid>` a server process says when it listens."""
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     if not line.startswith("PORT "):
         raise RuntimeError(f"a benchmark server did not start (said {line!r})")
-    return int(line.split()[1])
+    _, port, pid = line.split()
+    return int(port), int(pid)
 
 
 def load(server: Running, mode: str, *options: object) -> Any:
     command = [sys.executable, "-m", "bench.load", server.kind, server.url]
-    command += [str(server.process.pid), mode, *map(str, options)]
+    command += [",".join(map(str, server.pids)), mode, *map(str, options)]
     done = subprocess.run(command, capture_output=True, check=False, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
@@ -168,28 +195,38 @@ def ratios(figures: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[st
     }
 
 
+def latency_phase(subscribers: int, sizes: Sizes) -> tuple[int, float]:
+    """The paced phase before a flood: how many events, at what rate."""
+    rate = min(1000.0, LATENCY_DELIVERIES_PER_S / subscribers)
+    return max(10, min(200, int(rate * sizes.latency_seconds))), rate
+
+
+def fanout_once(server: Running, subscribers: int, sizes: Sizes) -> Any:
+    latency_events, rate = latency_phase(subscribers, sizes)
+    return load(
+        server,
+        "fanout",
+        "--subscribers",
+        subscribers,
+        "--events",
+        sizes.events,
+        "--size",
+        sizes.size,
+        "--latency-events",
+        latency_events,
+        "--latency-rate",
+        rate,
+    )
+
+
 def fanout(running: dict[str, Running], sizes: Sizes, log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for subscribers in sizes.subscribers:
-        rate = min(1000.0, LATENCY_DELIVERIES_PER_S / subscribers)
-        latency_events = max(10, min(200, int(rate * sizes.latency_seconds)))
+        latency_events, rate = latency_phase(subscribers, sizes)
         figures: dict[str, dict[str, Any]] = {}
         for kind in KINDS:
             runs = [
-                load(
-                    running[kind],
-                    "fanout",
-                    "--subscribers",
-                    subscribers,
-                    "--events",
-                    sizes.events,
-                    "--size",
-                    sizes.size,
-                    "--latency-events",
-                    latency_events,
-                    "--latency-rate",
-                    rate,
-                )
+                fanout_once(running[kind], subscribers, sizes)
                 for _ in range(sizes.repeats[subscribers])
             ]
             figures[kind] = median_of(runs)
@@ -231,11 +268,106 @@ def compare_readers(tmp: Path, sizes: Sizes, log: Any) -> dict[str, Any]:
     return rows
 
 
-def journal(sizes: Sizes) -> Any:
+def journal(sizes: Sizes, postgres: str | None = None) -> Any:
     command = [sys.executable, "-m", "bench.journal_bench", "--events", str(sizes.journal_events)]
     command += ["--producers", *map(str, sizes.journal_producers)]
-    done = subprocess.run(command, capture_output=True, check=True, timeout=600)
+    if postgres is not None:
+        command += ["--postgres", postgres]
+    done = subprocess.run(command, capture_output=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
     return orjson.loads(done.stdout)
+
+
+# -- PostgreSQL beside SQLite (issue 13 item 9) ------------------------------------------
+
+# The cluster runs as an operator would run it next to genstream's SQLite default, not
+# as the tests' throwaway one (fsync off): fsync and full-page writes on, and
+# synchronous_commit off, the same promise as SQLite's WAL with synchronous=NORMAL
+# (service/storage/sqlite.py): a commit survives the process's crash, may be lost with
+# the machine's, and neither waits for a flush of its own.
+POSTGRES_OPTIONS: Final = (
+    *BASE_OPTIONS,
+    "-c fsync=on",
+    "-c full_page_writes=on",
+    "-c synchronous_commit=off",
+)
+
+
+@contextlib.contextmanager
+def postgres_cluster(log: Any) -> Iterator[Cluster | str]:
+    """A throwaway PostgreSQL cluster (tests/postgres.py), or why there is none."""
+    try:
+        cluster = Cluster.create(POSTGRES_OPTIONS)
+    except PostgresMissing as exc:
+        log(f"postgres: skipped, {exc}")
+        yield str(exc)
+        return
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def database(cluster: Cluster) -> str:
+    """The url of a new, empty database in `cluster`."""
+    return cluster.url(asyncio.run(cluster.create_database()))
+
+
+@contextlib.contextmanager
+def postgres_server(cluster: Cluster, workers: int) -> Iterator[Running]:
+    command = [sys.executable, "-m", MODULES["genstream"], "--postgres", database(cluster)]
+    command += ["--workers", str(workers)]
+    server = launch("genstream", command, processes=workers)
+    try:
+        yield server
+    finally:
+        stop([server])
+
+
+def postgres_fanout(cluster: Cluster, sizes: Sizes, report: dict[str, Any], log: Any) -> Any:
+    """Fan-out at the largest subscriber count on PostgreSQL, one worker and two (`serve
+    --workers 2`) taking turns, beside SQLite's one process (the run's own figures)
+    and the time to first byte of one worker beside SQLite's."""
+    subscribers = max(sizes.subscribers)
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    with postgres_server(cluster, 1) as one, postgres_server(cluster, 2) as two:
+        for _ in range(sizes.postgres_repeats):
+            for workers, server in ((1, one), (2, two)):
+                runs[workers].append(fanout_once(server, subscribers, sizes))
+                log(f"postgres {workers} worker(s) {subscribers:>5}  {_brief(runs[workers][-1])}")
+        ttfb = load(one, "ttfb", "--count", sizes.ttfb_count)
+    log(f"postgres ttfb {ttfb}")
+    return {
+        "subscribers": subscribers,
+        "fanout": {
+            "sqlite": report["fanout"][str(subscribers)]["genstream"],
+            "postgres": median_of(runs[1]),
+            "postgres_2_workers": median_of(runs[2]),
+        },
+        "ttfb": {"sqlite": report["ttfb"]["genstream"], "postgres": ttfb},
+    }
+
+
+def postgres_ratios(part: dict[str, Any], sqlite_journal: list[dict[str, Any]]) -> dict[str, Any]:
+    fan = part["fanout"]
+    sqlite_by = {j["producers"]: j for j in sqlite_journal}
+
+    def against(figures: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+        return {k: figures[k] / base[k] if base.get(k) else None for k in FANOUT_FIGURES}
+
+    return {
+        "postgres_vs_sqlite": against(fan["postgres"], fan["sqlite"]),
+        "postgres_2_workers_vs_sqlite": against(fan["postgres_2_workers"], fan["sqlite"]),
+        "workers_2_vs_1": against(fan["postgres_2_workers"], fan["postgres"]),
+        "journal_vs_sqlite": {
+            str(j["producers"]): j["events_per_s"] / sqlite_by[j["producers"]]["events_per_s"]
+            for j in part["journal"]
+        },
+        "ttfb_minus_sqlite_ms": part["ttfb"]["postgres"]["median_ms"]
+        - part["ttfb"]["sqlite"]["median_ms"],
+    }
 
 
 def run(sizes: Sizes, log: Any) -> dict[str, Any]:
@@ -249,12 +381,19 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
         },
         "sizes": {"events": sizes.events, "event_bytes": sizes.size},
     }
-    with tempfile.TemporaryDirectory(prefix="genstream-bench-") as tmp, servers(Path(tmp)) as up:
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(postgres_cluster(log))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="genstream-bench-"))
+        up = stack.enter_context(servers(Path(tmp)))
         report["fanout"] = fanout(up, sizes, log)
         ttfb = {kind: load(up[kind], "ttfb", "--count", sizes.ttfb_count) for kind in KINDS}
         ttfb["genstream_minus_raw_ms"] = ttfb["genstream"]["median_ms"] - ttfb["raw"]["median_ms"]
         report["ttfb"] = ttfb
         log(f"ttfb {ttfb}")
+        if isinstance(cluster, Cluster):
+            report["postgres"] = postgres_fanout(cluster, sizes, report, log)
+        else:
+            report["postgres"] = {"skipped": cluster}
         idle = {kind: load(up[kind], "idle", "--streams", sizes.idle_streams) for kind in KINDS}
         report["idle_stream"] = idle
         log(f"idle {idle}")
@@ -264,8 +403,12 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
         report["offline_e2e"] = load(gs, "offline", "--count", sizes.offline_runs)
         log(f"offline {report['offline_e2e']}")
         report["readers"] = compare_readers(Path(tmp), sizes, log)
-    report["journal"] = journal(sizes)
-    log(f"journal {report['journal']}")
+        report["journal"] = journal(sizes)
+        log(f"journal {report['journal']}")
+        if isinstance(cluster, Cluster):
+            report["postgres"]["journal"] = journal(sizes, database(cluster))
+            log(f"postgres journal {report['postgres']['journal']}")
+            report["postgres"]["ratios"] = postgres_ratios(report["postgres"], report["journal"])
     report["targets"] = targets(report)
     report["seconds"] = time.perf_counter() - started
     return report
@@ -296,6 +439,24 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         ),
         "ttfb within 1 ms of raw": (report["ttfb"]["genstream_minus_raw_ms"], 1.0, "<="),
     }
+    postgres = report["postgres"]
+    if "skipped" not in postgres:
+        ratios = postgres["ratios"]
+        checks[f"postgres: 2 workers >= 1.6x 1 worker, {postgres['subscribers']} subscribers"] = (
+            ratios["workers_2_vs_1"]["events_per_s"],
+            1.6,
+            ">=",
+        )
+        checks["postgres journal >= 0.5x SQLite's, 10 producers"] = (
+            ratios["journal_vs_sqlite"].get("10", float("nan")),
+            0.5,
+            ">=",
+        )
+        checks["postgres ttfb within 2 ms of SQLite's"] = (
+            ratios["ttfb_minus_sqlite_ms"],
+            2.0,
+            "<=",
+        )
     return {
         name: {
             "value": value,
@@ -353,9 +514,54 @@ def table(report: dict[str, Any]) -> str:
             f"journal {j['producers']:>3} producers: {j['events_per_s']:>9,.0f} events/s, "
             f"p99 commit {j['p99_commit_ms']:.2f} ms"
         )
+    lines += postgres_table(report)
     for name, check in report["targets"].items():
         lines.append(f"[{'met' if check['met'] else 'NOT met'}] {name}: {check['value']:,.3f}")
     return "\n".join(lines)
+
+
+def postgres_table(report: dict[str, Any]) -> list[str]:
+    part = report["postgres"]
+    if "skipped" in part:
+        return [f"postgres: skipped, {part['skipped']}"]
+    ratios = part["ratios"]
+    lines = [
+        f"postgres beside sqlite, {part['subscribers']} subscribers"
+        f"{'':<9}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'peak MiB':>10}{'cpu s':>8}"
+        "   ratios (ev/s p99 rss cpu) vs sqlite",
+    ]
+    for name, ratio in (
+        ("sqlite", None),
+        ("postgres", "postgres_vs_sqlite"),
+        ("postgres_2_workers", "postgres_2_workers_vs_sqlite"),
+    ):
+        f = part["fanout"][name]
+        line = (
+            f"  {name:<45}{f['events_per_s']:>12,.0f}{f['p50_ms']:>9.2f}{f['p99_ms']:>9.2f}"
+            f"{f['server_peak_rss_mib']:>10.1f}{f['server_cpu_s']:>8.2f}"
+        )
+        if ratio is not None:
+            line += "   " + " ".join(
+                _times(ratios[ratio][k])
+                for k in ("events_per_s", "p99_ms", "server_peak_rss_mib", "server_cpu_s")
+            )
+        lines.append(line)
+    lines.append(
+        f"  2 workers / 1 worker: {_times(ratios['workers_2_vs_1']['events_per_s'])} events/s, "
+        f"{_times(ratios['workers_2_vs_1']['p99_ms'])} p99"
+    )
+    ttfb = part["ttfb"]
+    lines.append(
+        f"  ttfb median ms: sqlite {ttfb['sqlite']['median_ms']:.2f}, postgres "
+        f"{ttfb['postgres']['median_ms']:.2f} ({ratios['ttfb_minus_sqlite_ms']:+.2f} ms)"
+    )
+    for j in part["journal"]:
+        lines.append(
+            f"  postgres journal {j['producers']:>3} producers: {j['events_per_s']:>9,.0f} "
+            f"events/s, p99 commit {j['p99_commit_ms']:.2f} ms "
+            f"({_times(ratios['journal_vs_sqlite'][str(j['producers'])])} sqlite)"
+        )
+    return lines
 
 
 def _times(ratio: float | None) -> str:

@@ -3,6 +3,11 @@
 POST /bench/inject?topic=&n=&size= hands `n` events of about `size` bytes to
 Journal.append, one per loop turn, the way a generation hands over its chunks; each
 carries its hand-off time. They go the real path: SQLite commit, broker, stream handler.
+
+On PostgreSQL (`--postgres URL`) the path is the product's for that backend: the commit,
+then the SharedFeed (eventlog/feed.py) hands it to this process's broker, and with
+`--workers N` (the supervisor of `genstream serve --workers`, each worker this module)
+the other workers' feeds read it back from the database on its notification.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import time
 from typing import Final
 
@@ -19,9 +25,11 @@ from aiohttp import web
 from bench import common
 from service.config import Settings
 from service.eventlog.event import MESSAGE_DELTA, Draft, Event, seal
+from service.web import workers
 from service.web.app import create_app
 from service.web.context import SERVICES
 from service.web.server import settle_heap, start
+from service.web.workers import WorkerLink
 
 # The references buffer a burst without bound; genstream's per-subscriber buffer is given
 # room for the whole burst so that the flood measures speed, not the slow-client cut-off.
@@ -45,43 +53,87 @@ async def inject(request: web.Request) -> web.Response:
     return web.json_response({"first_ns": first, "last_ns": time.time_ns()})
 
 
-def settings(db: str, readers: int = Settings().storage.readers) -> Settings:
+def settings(
+    db: str, readers: int = Settings().storage.readers, postgres: str | None = None
+) -> Settings:
+    """The benchmark's settings: on SQLite file `db`, or with `postgres` (a url) on that
+    PostgreSQL database, as `genstream serve` would run with storage.backend = "postgres"."""
+    storage: dict[str, object] = {"path": db, "readers": readers}
+    if postgres is not None:
+        storage = {"backend": "postgres", "url": postgres}
     return Settings().replace(
         server={"host": common.LOOPBACK, "shutdown_grace_seconds": 2},
-        storage={"path": db, "readers": readers},
+        storage=storage,
         stream={"queue_size": QUEUE_SIZE, "max_streams": 20_000, "max_streams_per_project": 20_000},
         offline={"tokens_per_second": 0},
         log={"level": "warning"},
     )
 
 
-async def serve(db: str, port: int, readers: int) -> None:
-    config = settings(db, readers)
+async def serve(config: Settings, port: int, worker: WorkerLink | None = None) -> None:
     app = create_app(config)
     app.router.add_post("/bench/inject", inject)
-    await serve_app(config, app, port)
+    await serve_app(config, app, port, worker)
 
 
-async def serve_app(config: Settings, app: web.Application, port: int) -> None:
+async def serve_app(
+    config: Settings, app: web.Application, port: int, worker: WorkerLink | None = None
+) -> None:
     """Serve genstream's app, with the routes a benchmark added, as `genstream serve`
-    does; announce the port on stdout and run until SIGTERM."""
-    server = await start(config, port=port, app=app)
+    does; announce the port on stdout and run until SIGTERM. `worker`: as one of
+    `genstream serve --workers` (the port shared, listening when the supervisor says)."""
+    server = await start(config, port=port, app=app, worker=worker)
+    stop = asyncio.Event()
+    if worker is not None:
+        worker.listening(stop.set)  # and stop if the supervisor goes away
     settle_heap()  # as `genstream serve` does
     try:
-        await common.announce_and_wait(server.port)
+        await common.announce_and_wait(server.port, stop)
     finally:
         await server.stop()
+
+
+def supervise(config: Settings, args: argparse.Namespace) -> int:
+    """`genstream serve --workers N`'s supervisor (service/web/workers.py), each worker
+    this module: every one of them says `PORT <port> <pid>` on the stdout they share."""
+    port = args.port or _free_port()
+    argv = ["--port", str(port), "--postgres", args.postgres]
+    supervised = workers.supervise(
+        config.replace(server={"port": port}), argv, args.workers, module="bench.server_genstream"
+    )
+    code: int = common.run(supervised)
+    return code
+
+
+def _free_port() -> int:
+    # The workers bind it after this socket is closed: another program could take it in
+    # between, which on the benchmark's quiet machine does not happen.
+    with socket.socket() as sock:
+        sock.bind((common.LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", help="the SQLite file (or --postgres)")
     parser.add_argument("--readers", type=int, default=Settings().storage.readers)
+    parser.add_argument("--postgres", help="a PostgreSQL url: the postgres backend")
+    parser.add_argument("--workers", type=int, default=1, help="processes (postgres only)")
+    parser.add_argument(workers.WORKER_PIPES_OPTION, dest="worker_pipes", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     common.raise_nofile()
-    common.run(serve(args.db, args.port, args.readers))
+    if (args.db is None) == (args.postgres is None):
+        common.die("give one of --db (SQLite) and --postgres")
+    if args.workers > 1 and args.postgres is None:
+        common.die("--workers needs --postgres: one SQLite file serves one process")
+    config = settings(args.db or "", args.readers, args.postgres)
+    if args.workers > 1:
+        raise SystemExit(supervise(config, args))
+    link = None if args.worker_pipes is None else WorkerLink.parse(args.worker_pipes)
+    common.run(serve(config, args.port, link))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("genstream", "aiohttp-sse", "raw")
@@ -20,13 +21,15 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Besides the three servers, the postgres part starts a cluster (initdb) and three more.
+@pytest.mark.timeout(300)
 def test_bench_quick_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
-        timeout=100,
+        timeout=280,
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
@@ -55,3 +58,26 @@ def test_bench_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["targets"]
     for check in report["targets"].values():
         assert isinstance(check["met"], bool)
+    _postgres_part(report, done.stdout.decode())
+
+
+def _postgres_part(report: dict[str, Any], table: str) -> None:
+    """PostgreSQL beside SQLite, or a line saying why not (no PostgreSQL binaries)."""
+    part = report["postgres"]
+    if "skipped" in part:
+        assert f"postgres: skipped, {part['skipped']}" in table
+        return
+    assert "postgres beside sqlite" in table
+    assert part["subscribers"] == max(int(n) for n in report["fanout"])
+    for name in ("sqlite", "postgres", "postgres_2_workers"):
+        for figure in FANOUT_FIGURES:
+            assert _number(part["fanout"][name][figure]), (name, figure)
+    for ratios in ("postgres_vs_sqlite", "postgres_2_workers_vs_sqlite", "workers_2_vs_1"):
+        assert _number(part["ratios"][ratios]["events_per_s"]), ratios
+    assert [j["producers"] for j in part["journal"]] == [1, 10]
+    assert all(j["events_per_s"] > 0 for j in part["journal"])
+    assert _number(part["ratios"]["journal_vs_sqlite"]["10"])
+    assert _number(part["ttfb"]["postgres"]["median_ms"])
+    assert _number(part["ratios"]["ttfb_minus_sqlite_ms"])
+    postgres_targets = [name for name in report["targets"] if name.startswith("postgres")]
+    assert len(postgres_targets) == 3, report["targets"]
