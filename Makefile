@@ -59,9 +59,10 @@ POSTGRES_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr
 postgres:
 	@$(call system_package,$(POSTGRES_INITDB),postgresql,the PostgreSQL backend's tests)
 
-# The EventSource client test runs the npm `eventsource` package (tests/node, pinned by its
-# lockfile) on Node: Debian's nodejs and npm when no npm is on the PATH, then `npm ci`
-# whenever node_modules is missing or older than the lockfile.
+# What the tests take from the npm registry, in tests/node, pinned by its lockfile: the
+# `eventsource` package the Node client tests run on, and React for the useGeneration
+# hook's Chromium test (an import map, no bundler). Debian's nodejs and npm when no npm is
+# on the PATH, then `npm ci` whenever node_modules is missing or older than the lockfile.
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json

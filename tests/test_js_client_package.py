@@ -43,6 +43,9 @@ def test_the_package_json_is_ready_to_publish() -> None:
     package = json.loads((CLIENT_DIR / "package.json").read_text())
     assert package["name"] == "@genstream/client" and package["type"] == "module"
     assert "private" not in package and "dependencies" not in package
+    # React for the hook alone: the app's own, never a copy of it.
+    assert set(package["peerDependencies"]) == {"react"}
+    assert package["peerDependenciesMeta"]["react"]["optional"] is True
     for name in package["files"]:
         assert (CLIENT_DIR / name).is_file(), name
     targets = [package["main"], package["types"]]
@@ -54,7 +57,7 @@ def test_the_package_json_is_ready_to_publish() -> None:
 
 
 async def test_genstream_serves_the_package_as_es_modules(gs: Genstream) -> None:
-    for name in ("genstream.js", "protocol.js"):
+    for name in ("genstream.js", "protocol.js", "react.js"):
         async with gs.http.get(f"{gs.url}/static/client/{name}") as response:
             assert response.status == 200, name
             # A JavaScript MIME type, or a browser refuses the module (WHATWG HTML).
