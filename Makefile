@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps postgres
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps postgres vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 		cd $(NODE_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; fi
 
 node-deps: $(NODE_STAMP)
+
+# The page's syntax highlighter is vendored, so that `make run` needs no npm: Prism from
+# tests/node (pinned by its lockfile) copied into service/web/static/vendor/ by
+# tests/vendor.py. Run after changing its version; tests/test_vendor.py holds the copy to it.
+vendor: $(STAMP) node-deps
+	$(BIN)/python -m tests.vendor
 
 # $(call system_package,BINARY,PACKAGE,WHAT): install a Debian package when its binary is
 # missing. As root (CI) a failed install fails the build; without root it is said, and the

@@ -459,3 +459,37 @@ async def test_page_fits_a_phone_screen_in_dark_mode(gs: Genstream, new_page: Pa
     assert red + green + blue < 150, background
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "web-page-phone-dark.png", full_page=True)
+
+
+async def test_the_viewer_highlights_code_while_typing_it_from_the_vendored_prism(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    gs = await make_server(offline=SLOW)
+    project_id = await gs.new_project("highlight")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.reload()
+    await page.wait_for_selector("body[data-ready=true]")
+    await send(page, "a todo api")
+    # While a Python file is typed: its tokens highlighted, the cursor on its current line.
+    code = page.locator("#code")
+    await expect(code).to_have_attribute("data-language", "python")
+    await expect(code).to_have_attribute("data-state", "writing")
+    await expect(page.locator("#code .line.current .caret")).to_have_count(1)
+    await expect(page.locator("#code .tok-keyword").first).to_be_visible()
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    path = "app/main.py"
+    await page.locator(f'#tree .file[data-path="{path}"]').click()
+    await expect_viewer_shows_file(page, gs, project_id, path)
+    keywords = await page.locator("#code .tok-keyword").all_text_contents()
+    assert {"def", "import", "return"} <= set(keywords), keywords
+    assert await page.locator("#code .tok-string").count() > 0
+    # Each piece is a text node in a span: no element but the line's spans and the caret.
+    tags = await page.evaluate(
+        "[...new Set([...document.querySelectorAll('#code *')].map((n) => n.tagName))]"
+    )
+    assert tags == ["SPAN"], tags
+    # The highlighter came from genstream, like everything else the page loaded.
+    assert f"{gs.url}/static/vendor/prism.js" in requested
+    assert all(url.startswith(gs.url) for url in requested), requested

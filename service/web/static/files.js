@@ -2,6 +2,7 @@
 // at the write position and its line highlighted.
 
 import { $, bytes, el } from "./dom.js";
+import { highlightedLines, languageOf } from "./highlight.js";
 
 export class FilesView {
   constructor({ onSelect }) {
@@ -107,10 +108,15 @@ export class FilesView {
       return;
     }
     const stick = this.code.scrollHeight - this.code.scrollTop - this.code.clientHeight < 40;
-    const lines = file.content.split("\n");
+    const lines = highlightedLines(file.content, file.path);
     // A finished file's final newline does not start another line.
-    if (!file.writing && lines.length > 1 && lines.at(-1) === "") lines.pop();
-    const nodes = lines.map((text) => el("span", "line", text));
+    if (!file.writing && lines.length > 1 && lines.at(-1).length === 0) lines.pop();
+    const nodes = lines.map((pieces) => {
+      const line = el("span", "line");
+      line.append(...pieces.map(([text, className]) => (className ? el("span", className, text) : text)));
+      return line;
+    });
+    this.code.dataset.language = languageOf(file.path) ?? "text";
     if (file.writing) {
       const current = nodes.at(-1);
       current.classList.add("current");
