@@ -6,6 +6,7 @@ timeouts) and ends by comparing the page with what the database holds, read over
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -493,3 +494,75 @@ async def test_the_viewer_highlights_code_while_typing_it_from_the_vendored_pris
     # The highlighter came from genstream, like everything else the page loaded.
     assert f"{gs.url}/static/vendor/prism.js" in requested
     assert all(url.startswith(gs.url) for url in requested), requested
+
+
+async def test_the_console_exports_the_session_and_shows_usage_and_a_timeline(
+    gs: Genstream, new_page: PageFactory
+) -> None:
+    project_id = await gs.new_project("console")
+    page = await new_page(f"{gs.url}/?project={project_id}&debug=true", accept_downloads=True)
+    await send(page, "an api")
+    drawer = page.locator("#debug")
+    await expect(drawer.locator('li[data-type="generation.completed"]')).to_have_count(1)
+    stored = await gs.events(project_id)
+    generation = await gs.json("GET", f"/api/generations/{stored[-1]['generation_id']}")
+
+    async with page.expect_download() as info:
+        await page.click("#debug-export")
+    download = await info.value
+    assert download.suggested_filename.endswith(".jsonl")
+    saved = await download.path()
+    text = await asyncio.to_thread(Path(saved).read_text)
+    lines = [json.loads(line) for line in text.splitlines()]
+    events = [line for line in lines if line["kind"] == "event"]
+    assert [line["event"] for line in events] == stored
+    assert {line["via"] for line in events} == {"stream"}
+    states = [line["state"] for line in lines if line["kind"] == "connection"]
+    assert states[:2] == ["connecting", "live"], states
+
+    usage = generation["usage"]
+    cell = drawer.locator("#debug-usage tr", has_text="Completion tokens").locator("td")
+    await expect(cell).to_have_text(str(usage["completion_tokens"]))
+    tokens_per_second = f"{generation['timings']['tokens_per_second']:.1f}"
+    await expect(drawer.locator("#debug-usage tr", has_text="Tokens/s").locator("td")).to_have_text(
+        tokens_per_second
+    )
+    # The timeline: a row per type, each counting that type's events of the generation.
+    counts: dict[str, int] = {}
+    for event in stored:
+        counts[event["type"]] = counts.get(event["type"], 0) + 1
+    rows = await drawer.locator("#debug-timeline li").evaluate_all(
+        "rows => rows.map((row) => [row.dataset.series, Number(row.lastElementChild.textContent)])"
+    )
+    assert dict(rows) == counts
+
+
+async def test_the_time_remaining_shows_once_earlier_generations_give_it_a_basis(
+    make_server: MakeServer, new_page: PageFactory
+) -> None:
+    gs = await make_server(offline=SLOW)
+    project_id = await gs.new_project("eta")
+    page = await new_page(f"{gs.url}/?project={project_id}")
+    eta = page.locator("#eta")
+    # The project's first generation: nothing to base an estimate on.
+    await send(page, "a todo api")
+    await expect(page.locator("#tree .file[data-state=writing]")).to_have_count(1)
+    await expect(eta).to_be_hidden()
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect(eta).to_be_hidden()
+
+    # The second, after a reload (the first's stage times read from the API): an estimate
+    # while it runs, that goes down, and none once it has ended.
+    await page.reload()
+    await page.wait_for_selector("body[data-ready=true]")
+    await send(page, "a todo api")
+    await expect(eta).to_have_text(re.compile(r"^about \d+ s left$"))
+    first = int((await eta.text_content() or "").split()[1])
+    await expect(eta).to_have_text(re.compile(r"^(about \d+ s left|almost done)$"))
+    await page.wait_for_function(
+        "(first) => { const t = document.querySelector('#eta').textContent;"
+        " return t === 'almost done' || Number(t.split(' ')[1]) < first; }",
+        arg=first,
+    )
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect(eta).to_be_hidden()

@@ -12,7 +12,7 @@ import { $, el } from "./dom.js";
 import { FilesView } from "./files.js";
 import { ProgressView } from "./progress.js";
 import { TERMINAL_TYPES } from "./protocol.js";
-import { DEFAULT_STAGES, ProjectState } from "./state.js";
+import { DEFAULT_STAGES, HISTORY, ProjectState } from "./state.js";
 
 const CONNECTION_LABELS = {
   idle: "Not connected",
@@ -208,6 +208,7 @@ async function loadProject(projectId, push) {
     document.body.dataset.project = projectId;
     // It ended while we replayed it: take the database's final messages and files.
     if (active && !state.generating) resync(state);
+    loadStageHistory(state, messages, active?.id);
     feed = client.follow(projectId, { after: cursor, onEvent, onState });
   } catch (error) {
     if (ticket !== opening) return;
@@ -216,6 +217,27 @@ async function loadProject(projectId, push) {
   }
   schedule();
 }
+
+// The stage times of the project's last few generations, for the time remaining; read
+// after the page shows the project, as nothing waits on them.
+async function loadStageHistory(current, messages, activeId) {
+  const ids = [...new Set(messages.map((m) => m.generation_id).filter((id) => id && id !== activeId))];
+  try {
+    const generations = await Promise.all(ids.slice(-HISTORY).map((id) => api("GET", `/api/generations/${segment(id)}`)));
+    if (current !== state) return;
+    const earlier = current.stageHistory.splice(0);
+    for (const generation of generations) if (generation.status === "completed") current.rememberTimings(generation.timings);
+    for (const stages of earlier) current.rememberTimings({ stages });
+    schedule();
+  } catch {
+    // No estimate then: the bar shows without one.
+  }
+}
+
+// Between events the time remaining still moves.
+setInterval(() => {
+  if (state?.generating) progress.renderEta(state);
+}, 1000);
 
 function onEvent(event, via) {
   if (!state || event.project_id !== state.project.id) return;

@@ -1,4 +1,5 @@
-// The developer console: raw events, connection state, per-stage timings.
+// The developer console: raw events, connection state, per-stage timings, the generation's
+// usage, a timeline of its events by type, and an export of the session as JSON lines.
 // Toggled by Ctrl+Shift+D (Cmd+Shift+D on a Mac) or ?debug=true; remembered in localStorage.
 
 import { $, clock, duration, el } from "./dom.js";
@@ -6,6 +7,10 @@ import { $, clock, duration, el } from "./dom.js";
 const OPEN_KEY = "genstream.debug";
 const MAX_EVENTS = 2000; // the oldest rows go, so a long session does not grow the page
 const MAX_STATES = 50;
+// What the export holds: every event and state change of the session, up to this many
+// lines (the oldest go first), whatever the rows on screen were cleared or trimmed to.
+const MAX_LOG = 100_000;
+const TIMELINE_BUCKETS = 60;
 
 export class DebugDrawer {
   constructor() {
@@ -15,8 +20,13 @@ export class DebugDrawer {
     this.timings = $("debug-timings");
     this.connlog = $("debug-connlog");
     this.connection = $("debug-connection");
+    this.usage = $("debug-usage");
+    this.timeline = $("debug-timeline");
     this.total = 0;
     this.pending = [];
+    this.log = []; // the session, for the export: {kind: "event" | "connection", ...}
+    this.timed = []; // [ts, type] of the shown generation's events, for the timeline
+    this.timelineShown = "";
     $("debug-close").addEventListener("click", () => this.toggle(false));
     $("debug-clear").addEventListener("click", () => {
       this.events.replaceChildren();
@@ -24,6 +34,7 @@ export class DebugDrawer {
       this.total = 0;
       this.count.textContent = "";
     });
+    $("debug-export").addEventListener("click", () => this.export());
     document.addEventListener("keydown", (event) => {
       if ((event.ctrlKey || event.metaKey) && event.shiftKey && event.code === "KeyD") {
         event.preventDefault();
@@ -45,7 +56,30 @@ export class DebugDrawer {
     localStorage.setItem(OPEN_KEY, open ? "1" : "0");
   }
 
+  record(line) {
+    this.log.push(line);
+    if (this.log.length > MAX_LOG) this.log.splice(0, this.log.length - MAX_LOG);
+  }
+
+  // The session as a file: one JSON object a line, in the order things happened.
+  export() {
+    const text = this.log.map((line) => JSON.stringify(line)).join("\n") + (this.log.length ? "\n" : "");
+    const link = el("a");
+    link.href = URL.createObjectURL(new Blob([text], { type: "application/x-ndjson" }));
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    link.download = `genstream-session-${stamp}.jsonl`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  }
+
   event(event, via) {
+    this.record({ kind: "event", received_at: Date.now(), via, event });
+    if (event.generation_id) {
+      if (this.timed.length && this.timed.at(-1)[2] !== event.generation_id) this.timed = [];
+      this.timed.push([event.ts, event.type, event.generation_id]);
+    }
     this.total += 1;
     const row = el("li", "event");
     row.dataset.type = event.type;
@@ -84,6 +118,7 @@ export class DebugDrawer {
   }
 
   state(state, label) {
+    this.record({ kind: "connection", at: Date.now(), state, label });
     this.connection.dataset.state = state;
     this.connection.textContent = label;
     const row = el("li");
@@ -116,5 +151,64 @@ export class DebugDrawer {
       }
     }
     this.timings.replaceChildren(...rows);
+    this.renderUsage(generation);
+    this.renderTimeline();
+  }
+
+  // Tokens, first-token latency and speed: what the generation's end reported.
+  renderUsage(generation) {
+    const usage = generation?.usage;
+    const timings = generation?.timings;
+    const facts = [
+      ["Prompt tokens", usage?.prompt_tokens],
+      ["Completion tokens", usage?.completion_tokens],
+      ["First token", timings?.first_token_ms == null ? null : duration(timings.first_token_ms)],
+      ["Tokens/s", timings?.tokens_per_second == null ? null : timings.tokens_per_second.toFixed(1)],
+    ].filter(([, value]) => value != null);
+    this.usage.replaceChildren(
+      ...facts.map(([label, value]) => {
+        const row = el("tr");
+        row.append(el("th", "", label), el("td", "", String(value)));
+        return row;
+      }),
+    );
+  }
+
+  // The shown generation's events over time, a row per type: each bucket's shade says how
+  // many of that type fell in its slice of the run.
+  renderTimeline() {
+    const key = `${this.timed.length}:${this.timed[0]?.[2] ?? ""}`;
+    if (key === this.timelineShown) return;
+    this.timelineShown = key;
+    if (!this.timed.length) {
+      this.timeline.replaceChildren();
+      return;
+    }
+    const start = this.timed[0][0];
+    const span = Math.max(1, this.timed.at(-1)[0] - start);
+    const rows = new Map();
+    for (const [ts, type] of this.timed) {
+      const counts = rows.get(type) ?? rows.set(type, new Array(TIMELINE_BUCKETS).fill(0)).get(type);
+      counts[Math.min(TIMELINE_BUCKETS - 1, Math.floor(((ts - start) / span) * TIMELINE_BUCKETS))] += 1;
+    }
+    const most = Math.max(...[...rows.values()].flat());
+    this.timeline.replaceChildren(
+      ...[...rows].map(([type, counts]) => {
+        const row = el("li");
+        row.dataset.series = type; // not data-type: that marks the event rows
+        const track = el("span", "track");
+        counts.forEach((count, index) => {
+          if (!count) return;
+          const mark = el("span", "mark");
+          mark.style.left = `${(index / TIMELINE_BUCKETS) * 100}%`;
+          mark.style.opacity = String(0.35 + (0.65 * count) / most);
+          mark.title = `${count} ${type}`;
+          track.append(mark);
+        });
+        row.append(el("span", "type", type), track, el("span", "meta", String(counts.reduce((a, b) => a + b, 0))));
+        return row;
+      }),
+    );
+    this.timeline.title = `over ${duration(span)}`;
   }
 }

@@ -13,11 +13,20 @@ export class ProgressView {
     this.bar = this.fill.parentElement;
     this.percent = $("percent");
     this.current = $("current-file");
+    this.eta = $("eta");
     this.state = null;
     this.version = -1;
   }
 
+  // The estimated time remaining, also redrawn every second between events.
+  renderEta(state) {
+    const left = state.remainingMs();
+    this.eta.hidden = left === null;
+    this.eta.textContent = left === null ? "" : left < 1000 ? "almost done" : `about ${Math.ceil(left / 1000)} s left`;
+  }
+
   render(state, stages) {
+    this.renderEta(state);
     if (state === this.state && state.versions.progress === this.version) return;
     this.state = state;
     this.version = state.versions.progress;

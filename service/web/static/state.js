@@ -3,6 +3,8 @@
 
 import { ACTIVE_STATUSES, EventType, GenerationStatus } from "./protocol.js";
 
+// Earlier generations the estimate is taken from, at most.
+export const HISTORY = 5;
 export const DEFAULT_STAGES = [
   { id: "planning", label: "Planning" },
   { id: "generating", label: "Generating code" },
@@ -27,6 +29,7 @@ function newGeneration(id, from = {}) {
     stageTimes: {},
     error: from.error ?? null,
     timings: from.timings ?? null,
+    usage: from.usage ?? null,
     summary: "",
   };
 }
@@ -37,12 +40,46 @@ export class ProjectState {
     this.messages = new Map(); // id -> {id, role, status, content, streamed, created_at}
     this.files = new Map(); // path -> {path, size, sha256, content|null, writing}
     this.generation = null;
+    // Stage times (ms by stage id) of earlier completed generations, newest last: what the
+    // estimated time remaining is taken from.
+    this.stageHistory = [];
     // Bumped on each change, so views redraw only what moved.
     this.versions = { messages: 0, files: 0, progress: 0 };
   }
 
   get generating() {
     return this.generation !== null && ACTIVE_STATUSES.includes(this.generation.status);
+  }
+
+  rememberTimings(timings) {
+    if (!timings?.stages || !Object.keys(timings.stages).length) return;
+    this.stageHistory.push(timings.stages);
+    if (this.stageHistory.length > HISTORY) this.stageHistory.shift();
+  }
+
+  // The running generation's time remaining in ms, from the mean time of each stage over
+  // the earlier generations; null while there is none to base it on.
+  remainingMs(now = Date.now()) {
+    const generation = this.generation;
+    if (!this.generating || !this.stageHistory.length) return null;
+    const mean = {};
+    for (const { id } of generation.stages) {
+      const known = this.stageHistory.map((stages) => stages[id]).filter((ms) => ms != null);
+      if (known.length) mean[id] = known.reduce((a, b) => a + b, 0) / known.length;
+    }
+    if (!Object.keys(mean).length) return null;
+    const index = generation.stages.findIndex((stage) => stage.id === generation.stage);
+    let left = 0;
+    generation.stages.forEach(({ id }, i) => {
+      if (!(id in mean) || i < index) return;
+      if (i > index) {
+        left += mean[id];
+      } else if (generation.stageStatus !== "complete") {
+        const start = generation.stageTimes[id]?.start;
+        left += Math.max(0, mean[id] - (start == null ? 0 : now - start));
+      }
+    });
+    return left;
   }
 
   touch(...parts) {
@@ -180,8 +217,10 @@ export class ProjectState {
           generation.currentFile = null;
           generation.error = event.type === EventType.GENERATION_FAILED ? { code: event.code, message: event.message } : null;
           generation.timings = event.timings ?? generation.timings;
+          generation.usage = event.usage ?? generation.usage;
           generation.summary = event.summary ?? "";
           if (generation.status !== GenerationStatus.COMPLETED) this.dropUnfinishedFiles();
+          else this.rememberTimings(event.timings);
         }
     }
     this.touch("progress");
