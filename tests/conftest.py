@@ -1,4 +1,5 @@
-"""Fixtures: a real genstream server on a loopback port, over a real SQLite file."""
+"""Fixtures: a real genstream server on a loopback port, over a real SQLite file or, for
+a test marked `backends` (tests/backends.py), each backend in turn."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from service.config import Settings
 from service.web.context import SERVICES, Services
 from service.web.server import RunningServer, start
+from tests.backends import BACKENDS, SQLITE_FILE, Store
 
 if TYPE_CHECKING:
     from tests.postgres import Cluster, Database
@@ -84,7 +86,7 @@ async def stored_events(json: JsonCall, project_id: str, after: int = 0) -> list
 def base_settings(tmp_path: Path) -> Settings:
     return Settings().replace(
         server={"host": LOOPBACK, "shutdown_grace_seconds": 2},
-        storage={"path": str(tmp_path / "genstream.db")},
+        storage={"path": str(tmp_path / SQLITE_FILE)},
         offline={"tokens_per_second": 0},
     )
 
@@ -101,14 +103,56 @@ def client_session() -> aiohttp.ClientSession:
 MakeServer = Callable[..., Awaitable[Genstream]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends: run the test once per storage backend (tests/backends.py)"
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): a test of an SQLite mechanism, run on SQLite alone"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`backends` gives a test one run per backend; `sqlite_only(reason)` one on SQLite,
+    the reason required; a test with neither runs on SQLite unparametrized."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    if only is not None:
+        if not (only.args and isinstance(only.args[0], str) and only.args[0]):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
+        metafunc.parametrize("backend", ["sqlite"], indirect=True)
+    elif metafunc.definition.get_closest_marker("backends") is not None:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
-    """Start a server; keyword arguments are settings sections to change. `port`: 0 for
-    any free one, or a stopped server's port to restart it where its clients were."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend of this run: its parameter, SQLite when it has none."""
+    name: str = getattr(request, "param", "sqlite")
+    return name
+
+
+@pytest.fixture
+def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """Where this test's servers keep their data; on postgres a database of its own
+    (the cluster started only when a postgres run first needs it)."""
+    path = tmp_path / SQLITE_FILE
+    if backend == "postgres":
+        database: Database = request.getfixturevalue("pg_database")
+        return Store(backend, path, database.url)
+    return Store(backend, path)
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path, store: Store) -> AsyncIterator[MakeServer]:
+    """Start a server on the test's store; keyword arguments are settings sections to
+    change. `port`: 0 for any free one, or a stopped server's port to restart it where
+    its clients were."""
     started: list[Genstream] = []
 
     async def make(port: int = 0, **sections: dict[str, Any]) -> Genstream:
-        settings = base_settings(tmp_path)
+        settings = base_settings(tmp_path).replace(storage=store.settings())
         if sections:
             settings = settings.replace(**sections)
         server = await start(settings, port=port)

@@ -68,6 +68,20 @@ def db_count(path: DbPath, table: str) -> int:
     return int(db_value(path, f"SELECT COUNT(*) FROM {table}"))
 
 
+async def until_ended(gs: Genstream, generation_id: str, timeout: float) -> dict[str, Any]:
+    """Wait until a generation is no longer `running` (a killed server's: ended by the next
+    at its start on SQLite, once the lease lapses on postgres); return its state."""
+    generation: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        nonlocal generation
+        generation = await gs.json("GET", f"/api/generations/{generation_id}")
+        return bool(generation["status"] != "running")
+
+    await wait_until(ended, timeout=timeout)
+    return generation
+
+
 async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
     """Each file of the project (path: content), read back through the API."""
     listed = (await gs.json("GET", f"/api/projects/{project_id}/files"))["files"]
