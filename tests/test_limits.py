@@ -10,9 +10,12 @@ import pytest
 
 from service.eventlog import event as ev
 from service.eventlog import retention
+from tests.backends import Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import db_rows, wait_until
+from tests.helpers import wait_until
 from tests.sse_reader import SSEReader
+
+pytestmark = pytest.mark.backends
 
 
 async def _open(gs: Genstream, project_id: str) -> aiohttp.ClientResponse:
@@ -109,12 +112,17 @@ async def test_generations_over_max_concurrent_wait_their_turn_as_pending(
     await gs.json("POST", f"/api/generations/{second['id']}/cancel")
 
 
-def _event_generations(db_path: str) -> list[str | None]:
-    return [row[0] for row in db_rows(db_path, "SELECT generation_id FROM events ORDER BY id")]
+async def _event_generations(
+    store: Store, up_to: int | None = None
+) -> list[tuple[int, str | None]]:
+    """Each stored event's id and generation, in id order; with `up_to`, up to that id
+    alone (the running generation goes on writing while the test compares)."""
+    rows = await store.rows("SELECT id, generation_id FROM events ORDER BY id")
+    return [(row[0], row[1]) for row in rows if up_to is None or row[0] <= up_to]
 
 
 async def test_retention_keeps_the_newest_events_and_never_an_active_generation(
-    make_server: MakeServer,
+    make_server: MakeServer, store: Store
 ) -> None:
     keep = {"retention_events_per_project": 5, "retention_interval_seconds": 0}
     fast = await make_server(storage=keep)
@@ -133,11 +141,12 @@ async def test_retention_keeps_the_newest_events_and_never_an_active_generation(
         reader = SSEReader(response)
         while (await reader.event()).event != ev.MESSAGE_DELTA:
             pass
-    before = _event_generations(services.settings.storage.path)
+    before_rows = await _event_generations(store)
+    before = [generation for _, generation in before_rows]
 
     deleted = await retention.prune(services.journal, services.metrics, services.settings.storage)
 
-    after = _event_generations(services.settings.storage.path)
+    after = [g for _, g in await _event_generations(store, up_to=before_rows[-1][0])]
     assert deleted == len(before) - len(after) > 0
     # The running generation keeps every event, though it has more than five.
     assert after.count(running) >= before.count(running) > 5
