@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.client.api import Backoff, Event, GenstreamClient, GenstreamError
 from service.eventlog import event as ev
+from tests.backends import Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import db_rows, wait_until
+from tests.helpers import wait_until
 from tests.proxy import Faults, faulty_proxy
+
+pytestmark = pytest.mark.backends
 
 TIMEOUT = 30.0
 # The server asks for quick reconnects so that tests of reconnection stay fast.
@@ -83,7 +85,7 @@ async def test_generation_stream_resumed_after_its_end_stops_at_once(gs: Genstre
 
 
 async def test_project_stream_resumes_across_a_server_restart_with_nothing_lost_or_repeated(
-    tmp_path: Path, make_server: MakeServer
+    store: Store, make_server: MakeServer
 ) -> None:
     first = await make_server(offline={"tokens_per_second": 200}, stream=FAST_RETRY)
     port = first.server.port
@@ -118,9 +120,9 @@ async def test_project_stream_resumes_across_a_server_restart_with_nothing_lost_
     # It resumed with Last-Event-ID (no replay from the start) on the new server.
     cursors = [
         row[0]
-        for row in db_rows(
-            tmp_path / "genstream.db",
-            "SELECT cursor FROM stream_sessions WHERE key = ? ORDER BY started_at, rowid",
+        for row in await store.rows(
+            # started_at apart: the second session began after the first server stopped
+            "SELECT cursor FROM stream_sessions WHERE key = ? ORDER BY started_at, cursor",
             (f"project:{project_id}",),
         )
     ]

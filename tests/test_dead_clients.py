@@ -14,6 +14,7 @@ import pytest
 
 from service.eventlog import event as ev
 from service.eventlog.event import Draft
+from tests.backends import Store
 from tests.conftest import LOOPBACK, Genstream, MakeServer
 from tests.helpers import wait_until
 from tests.test_streams import open_streams, session_reasons
@@ -23,6 +24,8 @@ SMALL_BUFFER = 4096
 # nothing, the kernel's send buffer (up to net.ipv4.tcp_wmem, 4 MB) included.
 BURST_EVENTS = 40
 PAYLOAD = "x" * 150_000
+
+pytestmark = pytest.mark.backends
 
 # A TCP relay in its own process: SIGSTOP it and the server's peer goes silent, no FIN
 # and no RST, like a laptop whose network vanished.
@@ -119,7 +122,7 @@ async def _closes(gs: Genstream, reason: str) -> str:
 
 @pytest.mark.parametrize("client", list(CLIENTS))
 async def test_stuck_client_is_cut_off_by_the_send_timeout(
-    make_server: MakeServer, client: str
+    make_server: MakeServer, store: Store, client: str
 ) -> None:
     # A buffer big enough never to overflow: only the send timeout can free the stream.
     gs = await make_server(stream={"send_timeout_seconds": 0.5, "queue_size": 100_000})
@@ -128,12 +131,12 @@ async def test_stuck_client_is_cut_off_by_the_send_timeout(
         await wait_until(lambda: _is_open(gs))
         await _burst(gs, project_id)
         await wait_until(lambda: _is_released(gs))
-    assert await session_reasons(gs) == ["send_timeout"]
+    assert await session_reasons(store) == ["send_timeout"]
     assert await _closes(gs, "send_timeout") == "1.0"
 
 
 async def test_client_reading_nothing_overflows_its_buffer_and_is_cut_off(
-    make_server: MakeServer,
+    make_server: MakeServer, store: Store
 ) -> None:
     gs = await make_server(stream={"send_timeout_seconds": 60, "queue_size": 8})
     project_id = await gs.new_project()
@@ -142,7 +145,7 @@ async def test_client_reading_nothing_overflows_its_buffer_and_is_cut_off(
         for _ in range(3):  # the first bursts fill the socket; a later one overflows
             await _burst(gs, project_id)
         await wait_until(lambda: _is_released(gs))
-    assert await session_reasons(gs) == ["slow_client"]
+    assert await session_reasons(store) == ["slow_client"]
     assert await _closes(gs, "slow_client") == "1.0"
 
 

@@ -11,11 +11,14 @@ import pytest
 
 from service.eventlog import event as ev
 from service.eventlog.journal import Emit
-from service.storage.sqlite import Tx
+from service.storage.interface import Tx
+from tests.backends import SHORT_LEASE_SECONDS, Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import db_value, wait_until
+from tests.helpers import until_ended, wait_until
 from tests.process import server_process
 from tests.sse_reader import SSEReader
+
+pytestmark = pytest.mark.backends
 
 
 async def test_submit_returns_202_with_real_ids_and_the_row_is_updated_in_place(
@@ -199,10 +202,15 @@ async def test_project_shows_its_active_generation_and_last_event(
 
 
 async def test_restart_finishes_a_generation_left_running_as_interrupted(
-    tmp_path: Path, make_server: MakeServer
+    tmp_path: Path, make_server: MakeServer, store: Store
 ) -> None:
     # A real process, killed with SIGKILL in the middle of a generation.
-    async with server_process(tmp_path, offline_tokens_per_second="20") as server:
+    async with server_process(
+        tmp_path,
+        offline_tokens_per_second="20",
+        generation_lease_seconds=str(SHORT_LEASE_SECONDS),
+        **store.process_settings(),
+    ) as server:
         project_id = await server.new_project()
         generation_id = (await server.generate(project_id, "an api"))["generation"]["id"]
         url = f"{server.url}/api/generations/{generation_id}/stream"
@@ -212,13 +220,11 @@ async def test_restart_finishes_a_generation_left_running_as_interrupted(
                 pass
             server.signal(signal.SIGKILL)
             await server.wait(10)
-    status = db_value(
-        server.db_path, "SELECT status FROM generations WHERE id = ?", (generation_id,)
-    )
+    status = await store.value("SELECT status FROM generations WHERE id = ?", (generation_id,))
     assert status == "running"
 
-    gs = await make_server()  # same database file
-    generation = await gs.json("GET", f"/api/generations/{generation_id}")
+    gs = await make_server(generation={"lease_seconds": SHORT_LEASE_SECONDS})  # same database
+    generation = await until_ended(gs, generation_id, timeout=10 * SHORT_LEASE_SECONDS)
     assert generation["status"] == "failed"
     assert generation["error"] == {
         "code": "interrupted",

@@ -1,25 +1,29 @@
-"""The journal over a real SQLite file: what one caller's mistake does to the others."""
+"""The journal over a real database (each backend): what one caller's mistake does to
+the others."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from service.eventlog import event as ev
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft
 from service.eventlog.journal import Emit, Journal
-from service.storage.sqlite import Storage, Tx
+from service.storage import open_storage
+from service.storage.interface import Tx
+from tests.backends import Store
 
+pytestmark = pytest.mark.backends
 PROJECT = "prj_journal"
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    storage = await Storage.open(str(tmp_path / "journal.db"))
+async def journal(store: Store) -> AsyncIterator[Journal]:
+    storage = await open_storage(Settings().replace(storage=store.settings()).storage)
     journal = await Journal.start(storage, Broker(queue_size=16))
     yield journal
     await journal.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.conftest import LOOPBACK, Genstream
 
+pytestmark = pytest.mark.backends
 ROUNDS = 6
 STREAMS_PER_ROUND = 10
 

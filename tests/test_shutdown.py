@@ -15,11 +15,13 @@ import pytest
 
 from service.eventlog import event as ev
 from service.web.server import EXIT_FORCED
+from tests.backends import Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import database, wait_until
+from tests.helpers import wait_until
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader
 
+pytestmark = pytest.mark.backends
 GRACE_SECONDS = 5.0
 GOODBYE = b"server shutting down, reconnect"
 
@@ -52,10 +54,11 @@ async def _running_generation(server: ServerProcess) -> tuple[str, aiohttp.Clien
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_ends_streams_and_generations_then_exits_within_the_grace(
-    tmp_path: Path, sig: signal.Signals
+    tmp_path: Path, store: Store, sig: signal.Signals
 ) -> None:
     async with server_process(
         tmp_path,
+        **store.process_settings(),
         offline_tokens_per_second="10",
         server_shutdown_grace_seconds=str(GRACE_SECONDS),
     ) as server:
@@ -92,32 +95,32 @@ async def test_signal_ends_streams_and_generations_then_exits_within_the_grace(
     assert took < GRACE_SECONDS
     assert "stopped" in server.log()
 
-    db_path = server.db_path
-    # Checkpointed and closed: nothing left in the write-ahead log.
-    assert _wal_bytes(db_path) == 0
-    with database(db_path) as db:
-        for generation_id in generations:
-            status, code_, retryable = db.execute(
-                "SELECT status, error_code, retryable FROM generations WHERE id = ?",
-                (generation_id,),
-            ).fetchone()
-            assert (status, code_, retryable) == ("failed", "interrupted", 1)
-            (data,) = db.execute(
-                "SELECT data FROM events WHERE generation_id = ? ORDER BY id DESC LIMIT 1",
-                (generation_id,),
-            ).fetchone()
-            terminal = orjson.loads(data)
-            assert terminal["type"] == ev.GENERATION_FAILED
-            assert terminal["code"] == "interrupted" and terminal["retryable"] is True
-        reasons = {row[0] for row in db.execute("SELECT close_reason FROM stream_sessions")}
-        assert reasons == {"shutdown"}
+    if not store.postgres:  # SQLite's write-ahead log file; PostgreSQL's WAL is the server's
+        # Checkpointed and closed: nothing left in the write-ahead log.
+        assert _wal_bytes(server.db_path) == 0
+    for generation_id in generations:
+        ((status, code_, retryable),) = await store.rows(
+            "SELECT status, error_code, retryable FROM generations WHERE id = ?",
+            (generation_id,),
+        )
+        assert (status, code_, retryable) == ("failed", "interrupted", 1)  # True on postgres
+        data = await store.value(
+            "SELECT data FROM events WHERE generation_id = ? ORDER BY id DESC LIMIT 1",
+            (generation_id,),
+        )
+        terminal = orjson.loads(data)
+        assert terminal["type"] == ev.GENERATION_FAILED
+        assert terminal["code"] == "interrupted" and terminal["retryable"] is True
+    reasons = {row[0] for row in await store.rows("SELECT close_reason FROM stream_sessions")}
+    assert reasons == {"shutdown"}
 
 
-async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+async def test_second_signal_exits_at_once(tmp_path: Path, store: Store) -> None:
     # A client that stops reading holds its handler in a write for the whole send
     # timeout, so the graceful shutdown would wait: the second signal cuts it short.
     async with server_process(
         tmp_path,
+        **store.process_settings(),
         server_shutdown_grace_seconds="60",
         server_max_body_bytes="2000000",
         generation_max_prompt_chars="1000000",

@@ -10,21 +10,23 @@ import pytest
 
 from service.eventlog import event as ev
 from service.eventlog.event import Draft
+from tests.backends import Store
 from tests.conftest import LOOPBACK, Genstream, MakeServer
-from tests.helpers import database, db_rows, wait_until
+from tests.helpers import wait_until
 from tests.sse_reader import SSEReader
 
+pytestmark = pytest.mark.backends
 
-async def session_reasons(gs: Genstream, count: int = 1) -> list[str]:
+
+async def session_reasons(store: Store, count: int = 1) -> list[str]:
     """Why each of the first `count` streaming sessions closed, once all are closed."""
     reasons: list[str] = []
 
     async def closed() -> bool:
         nonlocal reasons
-        rows = db_rows(
-            gs.services.settings.storage.path,
+        rows = await store.rows(
             "SELECT close_reason FROM stream_sessions WHERE ended_at IS NOT NULL "
-            "ORDER BY started_at, rowid",
+            "ORDER BY started_at, id",
         )
         reasons = [row[0] for row in rows]
         return len(reasons) >= count
@@ -207,6 +209,7 @@ async def test_heartbeat_after_quiet(make_server: MakeServer) -> None:
 
 async def test_stream_when_client_disconnects_then_subscriber_is_released(
     make_server: MakeServer,
+    store: Store,
 ) -> None:
     gs = await make_server(stream={"heartbeat_seconds": 15}, offline={"tokens_per_second": 50})
     project_id = await gs.new_project()
@@ -227,7 +230,7 @@ async def test_stream_when_client_disconnects_then_subscriber_is_released(
 
     await wait_until(released, timeout=1.0)
     assert loop.time() - left < 1.0
-    assert await session_reasons(gs) == ["client_gone"]
+    assert await session_reasons(store) == ["client_gone"]
     # The generation goes on without its watcher: new events keep coming.
     before = (await gs.json("GET", f"/api/projects/{project_id}"))["last_event_id"]
     url = f"{gs.url}/api/generations/{generation_id}/stream"
@@ -256,6 +259,7 @@ async def test_connections_counts_streams_per_key(gs: Genstream) -> None:
 
 async def test_slow_client_is_cut_off_then_resumes_with_nothing_lost(
     make_server: MakeServer,
+    store: Store,
 ) -> None:
     # A client that stops reading: the handler's write backs up (small receive window,
     # 150 KB events), later commits pile up in its buffer, and past queue_size untaken
@@ -287,7 +291,7 @@ async def test_slow_client_is_cut_off_then_resumes_with_nothing_lost(
             )
             if await open_streams(gs) == 0:
                 break
-        assert await session_reasons(gs, count=1) == ["slow_client"]
+        assert await session_reasons(store, count=1) == ["slow_client"]
     received: list[int] = []
     async with gs.http.get(url, headers={"Last-Event-ID": str(start)}) as response:
         reader = SSEReader(response)
@@ -302,6 +306,7 @@ async def test_slow_client_is_cut_off_then_resumes_with_nothing_lost(
 
 async def test_a_commit_larger_than_the_buffer_does_not_cut_off_clients_that_keep_up(
     gs: Genstream,
+    store: Store,
 ) -> None:
     # One model delta holding 500 files is about 1,500 events in one append: more than
     # stream.queue_size (1,024), yet each client that keeps up takes it whole.
@@ -324,7 +329,7 @@ async def test_a_commit_larger_than_the_buffer_does_not_cut_off_clients_that_kee
     finally:
         for response in streams:
             response.close()
-    assert "slow_client" not in await session_reasons(gs, count=20)
+    assert "slow_client" not in await session_reasons(store, count=20)
 
 
 async def test_generation_stream_ends_after_terminal_event(gs: Genstream) -> None:
@@ -343,12 +348,11 @@ async def test_generation_stream_ends_after_terminal_event(gs: Genstream) -> Non
 
 
 async def test_stream_failing_after_its_first_bytes_is_dropped_not_answered_twice(
-    gs: Genstream,
+    gs: Genstream, store: Store
 ) -> None:
     project_id = await gs.new_project()
     # The replay's read now fails inside the stream, after the headers went out.
-    with database(gs.services.settings.storage.path) as db:
-        db.execute("ALTER TABLE events RENAME TO events_elsewhere")
+    await store.rows("ALTER TABLE events RENAME TO events_elsewhere")
     url = f"{gs.url}/api/projects/{project_id}/stream"
     body = b""
     async with gs.http.get(url, headers={"Last-Event-ID": "0"}) as response:
