@@ -3,6 +3,11 @@
 In one process, over a real SQLite file, with the project's own Storage, Broker and
 Journal: the interleavings that lost events (issue 10) forced by hand, then attacked at
 random with many readers at once.
+
+SQLite only: the mechanism is SQLite's, a reader connection whose stepped statement holds
+its WAL read snapshot open. PostgreSQL's reads are autocommit statements on a pool, each
+with a snapshot of its own (Read Committed); tests/test_postgres_storage.py's readers by
+cursor over open writers test that side.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from service.eventlog.event import Draft, Event
 from service.eventlog.journal import Emit, Journal
 from service.storage.sqlite import Storage, Tx
 
+pytestmark = pytest.mark.sqlite_only("SQLite's reader connections and their WAL snapshots")
 PROJECT = "prj_snapshots"
 GENERATION = "gen_snapshots"
 

@@ -1,7 +1,11 @@
 """The database in trouble: locked by another process, out of space, read-only. The caller
 gets a clear 503 and the log says why; no stream hangs and no generation stays stuck; the
 process goes on once the trouble is over, or, when it cannot write at all from the start,
-stops with a clear error."""
+stops with a clear error.
+
+SQLite's troubles, each marked sqlite_only with why: a file lock, a file-size limit and
+a file's mode are SQLite's; PostgreSQL's (unreachable, lost while running) are in
+tests/test_postgres_storage.py."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import aiohttp
 import pytest
 
 from service.eventlog import event as ev
+from tests.backends import Store
 from tests.conftest import MakeServer
 from tests.helpers import db_count, db_rows, wait_until
 from tests.process import run_to_exit, server_process
@@ -72,6 +77,7 @@ async def _terminal(reader: SSEReader) -> Frame:
     return frames[-1]
 
 
+@pytest.mark.sqlite_only("SQLite's write lock on the file, held by another process")
 async def test_database_locked_by_another_process(
     make_server: MakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,11 +125,14 @@ def _file_size_limit(pid: int, limit: int) -> Iterator[None]:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
 
 
+@pytest.mark.sqlite_only("RLIMIT_FSIZE caps the files the server writes: SQLite's, not a server's")
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 async def test_disk_full_fails_the_write_and_the_generation_then_recovers(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    async with server_process(tmp_path, offline_tokens_per_second="20") as server:
+    async with server_process(
+        tmp_path, offline_tokens_per_second="20", **store.process_settings()
+    ) as server:
         project_id = await server.new_project()
         body = await server.json(
             "POST", f"/api/projects/{project_id}/generations", status=202, json={"prompt": "x"}
@@ -155,6 +164,7 @@ async def test_disk_full_fails_the_write_and_the_generation_then_recovers(
 AS_ORDINARY_USER = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")
 
 
+@pytest.mark.sqlite_only("a read-only database file: the mode of SQLite's file")
 @pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
 async def test_read_only_database_stops_the_start_with_a_clear_error(
     make_server: MakeServer, tmp_path: Path
