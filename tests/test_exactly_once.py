@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.eventlog import event as ev
+from tests.backends import Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import database, db_value, wait_until
+from tests.helpers import wait_until
 from tests.sse_reader import SSEReader
+
+pytestmark = pytest.mark.backends
 
 PROJECTS = 2
 CLIENTS_PER_PROJECT = 15
@@ -26,6 +28,15 @@ POLLERS = 6
 # Each client cuts its stream after this many events, then resumes at once.
 CUT_AFTER = (20, 80)
 TIMEOUT = 60.0
+# Found by running this test on postgres (issue 13 item 8), not fixed yet: not run there,
+# as it would only wait out TIMEOUT twice.
+POSTGRES_STALL = (
+    "on postgres the journal writer stalls for good: Journal._run_job awaits `SAVEPOINT job` "
+    "on the writer connection while PostgreSQL shows that backend idle in transaction "
+    "(ClientRead) after the session-close UPDATE, and clients have been sent an event id "
+    "that /events never shows; only with the pollers' pool reads beside the 30 resuming "
+    "streams (without pollers it passes), reproduced on d2bbb25"
+)
 
 
 async def _client(
@@ -67,23 +78,25 @@ async def _poller(
     return reads
 
 
-def _sessions(db: Path) -> list[sqlite3.Row]:
-    with database(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return list(
-            conn.execute(
-                "SELECT s.id, s.cursor, s.last_event_id, s.events_sent, s.close_reason, "
-                "(SELECT count(*) FROM events e WHERE e.project_id = s.project_id "
-                " AND e.id > COALESCE(s.cursor, 0) AND e.id <= COALESCE(s.last_event_id, 0)) "
-                "AS span FROM stream_sessions s WHERE s.key LIKE 'project:%'"
-            )
-        )
+SESSION_COLUMNS = ("id", "cursor", "last_event_id", "events_sent", "close_reason", "span")
+
+
+async def _sessions(store: Store) -> list[dict[str, Any]]:
+    rows = await store.rows(
+        "SELECT s.id, s.cursor, s.last_event_id, s.events_sent, s.close_reason, "
+        "(SELECT count(*) FROM events e WHERE e.project_id = s.project_id "
+        " AND e.id > COALESCE(s.cursor, 0) AND e.id <= COALESCE(s.last_event_id, 0)) "
+        "AS span FROM stream_sessions s WHERE s.key LIKE 'project:%'"
+    )
+    return [dict(zip(SESSION_COLUMNS, row, strict=True)) for row in rows]
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_many_resuming_clients_with_pollers_each_get_the_log_exactly(
-    make_server: MakeServer, tmp_path: Path, seed: int
+    make_server: MakeServer, store: Store, seed: int
 ) -> None:
+    if store.postgres:
+        pytest.xfail(POSTGRES_STALL)
     rng = random.Random(seed)
     gs = await make_server(offline={"tokens_per_second": 3000})
     project_ids = [await gs.new_project(f"p{n}") for n in range(PROJECTS)]
@@ -114,19 +127,19 @@ async def test_many_resuming_clients_with_pollers_each_get_the_log_exactly(
     ]
     assert wrong_clients == [], f"{len(wrong_clients)} of {len(results)} clients: {wrong_clients}"
     # The server's own record: each session sent every event of its span, no more, no less.
-    await _until_sessions_closed(gs, tmp_path)
-    sessions = _sessions(tmp_path / "genstream.db")
+    await _until_sessions_closed(gs, store)
+    sessions = await _sessions(store)
     resumes = len(sessions)
     assert resumes > PROJECTS * CLIENTS_PER_PROJECT * 2
-    wrong = [dict(s) for s in sessions if s["events_sent"] != s["span"]]
+    wrong = [s for s in sessions if s["events_sent"] != s["span"]]
     assert wrong == [], f"{len(wrong)} of {resumes} sessions sent other than their span"
 
 
-async def _until_sessions_closed(gs: Genstream, tmp_path: Path) -> None:
+async def _until_sessions_closed(gs: Genstream, store: Store) -> None:
     # A session's close is written by the journal after the stream ends: wait for every one.
     async def all_closed() -> bool:
-        open_sessions = db_value(
-            tmp_path / "genstream.db", "SELECT count(*) FROM stream_sessions WHERE ended_at IS NULL"
+        open_sessions = await store.value(
+            "SELECT count(*) FROM stream_sessions WHERE ended_at IS NULL"
         )
         if open_sessions != 0:
             return False
