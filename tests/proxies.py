@@ -132,6 +132,7 @@ class Setup:
     certificate: Certificate | None = None
     changes: Mapping[str, str] = field(default_factory=dict)
     page: bool = False
+    http: str = ""  # nginx only: more of the http {} block (an upstream block)
 
     def plain_recipe(self, kind: Kind) -> str:
         text = recipe(RECIPES[kind][0]).replace(RECIPE_UPSTREAM, f"{LOOPBACK}:{self.upstream}")
@@ -223,6 +224,7 @@ http {{
     log_format requests '$status $request_method $request_uri';
     access_log {setup.directory / NGINX_ACCESS_LOG} requests;
 {recipe(NGINX_LOG_FORMAT)}
+{setup.http}
     client_body_temp_path {temp["body"]};
     proxy_temp_path {temp["proxy"]};
     fastcgi_temp_path {temp["fastcgi"]};
@@ -348,13 +350,17 @@ async def run_proxy(
     certificate: Certificate | None = None,
     changes: Mapping[str, str] | None = None,
     page: bool = False,
+    http: str = "",
 ) -> AsyncIterator[RunningProxy]:
     """Run `kind` in the foreground with its config in `directory` (made here), in front
     of genstream on port `upstream`, until the block ends. The options: `Setup`."""
     binary = BINARIES[kind]
     assert binary is not None, f"{kind} is not installed (make test installs it)"
     assert not page or kind is Kind.NGINX, f"only nginx is run with the page at /, not {kind}"
-    setup = Setup(directory, free_port(), upstream, idle_timeout, certificate, changes or {}, page)
+    assert not http or kind is Kind.NGINX, f"only nginx takes more of its http block, not {kind}"
+    setup = Setup(
+        directory, free_port(), upstream, idle_timeout, certificate, changes or {}, page, http
+    )
     arguments, config = _configure(kind, setup)
     # Caddy keeps its data and config under these: in the test's folder, not the user's.
     env = dict(
