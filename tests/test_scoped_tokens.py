@@ -60,6 +60,7 @@ NEEDS = {
     ("get", "/api/projects/{pid}/messages"): Need.READ,
     ("get", "/api/projects/{pid}/files"): Need.READ,
     ("get", "/api/projects/{pid}/files/{path}"): Need.READ,
+    ("get", "/api/projects/{pid}/archive"): Need.READ,
     ("get", "/api/projects/{pid}/events"): Need.READ,
     ("get", "/api/projects/{pid}/stream"): Need.READ,
     ("post", "/api/projects/{pid}/generations"): Need.WRITE,

@@ -7,8 +7,10 @@ timeouts) and ends by comparing the page with what the database holds, read over
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -566,3 +568,25 @@ async def test_the_time_remaining_shows_once_earlier_generations_give_it_a_basis
     )
     await expect(assistant(page)).to_have_attribute("data-status", "success")
     await expect(eta).to_be_hidden()
+
+
+async def test_the_project_downloads_as_a_zip_of_the_stored_files(
+    gs: Genstream, new_page: PageFactory
+) -> None:
+    project_id = await gs.new_project("zip")
+    page = await new_page(f"{gs.url}/?project={project_id}", accept_downloads=True)
+    await expect(page.locator("#download")).to_be_hidden()
+    await send(page, "a landing page")
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    async with page.expect_download() as info:
+        await page.click("#download")
+    download = await info.value
+    assert download.suggested_filename == f"{project_id}.zip"
+    saved = await download.path()
+    body = await asyncio.to_thread(Path(saved).read_bytes)
+    unpacked = zipfile.ZipFile(io.BytesIO(body))
+    files = (await gs.json("GET", f"/api/projects/{project_id}/files"))["files"]
+    assert sorted(unpacked.namelist()) == sorted(f["path"] for f in files)
+    for file in files:
+        stored = await gs.json("GET", f"/api/projects/{project_id}/files/{file['path']}")
+        assert unpacked.read(file["path"]).decode() == stored["content"]

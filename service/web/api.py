@@ -15,7 +15,7 @@ from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
 from service.storage.interface import Tx
-from service.web import auth
+from service.web import archive, auth
 from service.web.context import SERVICES, Services
 from service.web.errors import ApiError, bad_request
 from service.web.params import MAX_INTEGER, non_negative_int
@@ -175,6 +175,14 @@ async def get_file(request: web.Request) -> web.Response:
     if file is None:
         raise ApiError(404, "not_found", f"project {project_id} has no file {path!r}")
     return json_response(file)
+
+
+@routes.get("/api/projects/{pid}/archive")
+async def get_archive(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    await _require_project(services, project_id)
+    return await archive.stream_archive(request, services.storage, project_id)
 
 
 @routes.get("/api/projects/{pid}/events")

@@ -61,6 +61,7 @@ POLICIES: Final[dict[tuple[str, str], Need]] = {
     ("GET", "/api/projects/{pid}/messages"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/files"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/files/{path}"): READ_PROJECT,
+    ("GET", "/api/projects/{pid}/archive"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/events"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/stream"): READ_PROJECT,
     ("POST", "/api/projects/{pid}/generations"): Need(Reach.PROJECT, Right.WRITE),

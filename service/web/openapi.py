@@ -407,6 +407,7 @@ def _project_paths(body_limit: int) -> dict[str, Any]:
                 ("GetProject", "getProject"),
                 ("ListMessages", "listMessages"),
                 ("ListFiles", "listFiles"),
+                ("GetArchive", "getArchive"),
                 ("ListEvents", "listEvents"),
                 ("Submit", "submitGeneration"),
             )
@@ -465,6 +466,18 @@ def _project_paths(body_limit: int) -> dict[str, Any]:
                 _ok("it", _ref("FileWithContent")),
                 PID,
                 _path("path"),
+            )
+        },
+        "/api/projects/{pid}/archive": {
+            "get": _read(
+                "getArchive",
+                "the project's files as a .zip (streamed, each file as the database holds it)",
+                # No schema: the body is the zip's bytes (tests/test_archive.py unpacks it).
+                {
+                    "description": "a zip of every file, at its path",
+                    "content": {"application/zip": {}},
+                },
+                PID,
             )
         },
         "/api/projects/{pid}/events": {

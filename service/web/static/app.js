@@ -32,6 +32,7 @@ const ui = {
   send: $("send"),
   cancel: $("cancel"),
   note: $("composer-note"),
+  download: $("download"),
 };
 const chat = new ChatView();
 const progress = new ProgressView();
@@ -72,6 +73,7 @@ function render() {
   ui.send.hidden = generating;
   ui.send.disabled = busy;
   ui.cancel.hidden = !generating;
+  ui.download.hidden = !state?.files.size;
   ui.cancel.disabled = busy;
   document.body.dataset.generating = String(generating);
 }
@@ -317,6 +319,28 @@ async function submit() {
   }
 }
 
+// The project as a .zip: fetched (it may need the token's header, which a link cannot
+// send), then saved through a link to the blob.
+async function download() {
+  const current = state;
+  if (!current) return;
+  ui.download.disabled = true;
+  try {
+    const blob = await client.archive(current.project.id);
+    const link = el("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `${current.project.id}.zip`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  } catch (error) {
+    note(`Could not download: ${error.message}`);
+  } finally {
+    ui.download.disabled = false;
+  }
+}
+
 async function cancel() {
   const generation = state?.generation;
   if (!generation || busy) return;
@@ -343,6 +367,7 @@ ui.prompt.addEventListener("keydown", (event) => {
   }
 });
 ui.cancel.addEventListener("click", cancel);
+ui.download.addEventListener("click", download);
 ui.select.addEventListener("change", () => {
   if (ui.select.value) openProject(ui.select.value, true);
 });

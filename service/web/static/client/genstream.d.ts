@@ -284,6 +284,10 @@ export declare class GenstreamClient {
   url(path: string): string;
   streamUrl(path: string): string;
   request<T = unknown>(method: string, path: string, body?: unknown, init?: { signal?: AbortSignal }): Promise<T>;
+  /** The Response once ok (a 401 retried with a fresh token); an ApiError otherwise. */
+  send(method: string, path: string, body?: unknown, init?: { signal?: AbortSignal; accept?: string }): Promise<Response>;
+  /** The project's files as a .zip. */
+  archive(projectId: string): Promise<Blob>;
   submit(projectId: string, prompt: string, options?: { clientRequestId?: string; imageUrls?: string[] }): Promise<SubmitAnswer>;
   cancel(generationId: string): Promise<Generation>;
   generate(projectId: string, prompt: string, handlers?: GenerateHandlers): Promise<GenerationRun>;

@@ -140,11 +140,18 @@ export class GenstreamClient {
     return this.pendingToken;
   }
 
-  // One JSON call. A 401 takes a fresh token from tokenSource and is sent again, as long
-  // as the source gives one other than the token refused.
-  async request(method, path, body, { signal } = {}) {
+  // One JSON call: its answer's JSON (null for none).
+  async request(method, path, body, options) {
+    const response = await this.send(method, path, body, options);
+    return response.json().catch(() => null);
+  }
+
+  // One call, its Response once ok. A 401 takes a fresh token from tokenSource and is
+  // sent again, as long as the source gives one other than the token refused; any other
+  // failure is an ApiError.
+  async send(method, path, body, { signal, accept = "application/json" } = {}) {
     for (let tries = 0; ; tries += 1) {
-      const headers = { Accept: "application/json" };
+      const headers = { Accept: accept };
       const sent = this.token;
       if (sent) headers.Authorization = `Bearer ${sent}`;
       if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -160,17 +167,24 @@ export class GenstreamClient {
         if (error?.name === "AbortError") throw error;
         throw new ApiError(0, "network", `${method} ${path}: ${error?.message ?? error}`);
       }
-      const data = await response.json().catch(() => null);
       if (response.status === 401 && tries < MAX_TOKEN_TRIES && this.tokenSource) {
         const fresh = await this.freshToken("unauthorized", sent);
         if (fresh && fresh !== sent) continue;
       }
       if (!response.ok) {
-        const error = data?.error ?? {};
+        const error = (await response.json().catch(() => null))?.error ?? {};
         throw new ApiError(response.status, error.code ?? "http_error", error.message ?? response.statusText, error.field ?? null);
       }
-      return data;
+      return response;
     }
+  }
+
+  // The project's files as a .zip, a Blob (genstream streams it: GET .../archive).
+  async archive(projectId) {
+    const response = await this.send("GET", `/api/projects/${segment(projectId)}/archive`, undefined, {
+      accept: "application/zip",
+    });
+    return response.blob();
   }
 
   // POST the generation; a lost answer or a 5xx/429 is sent again with the same
