@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 from typing import Any, Final
+
+import pytest
 
 from service.protocol import EventType
 from service.web import protocol_js
 from tests.conftest import Genstream
 
 CLIENT_DIR: Final = protocol_js.PACKAGE_COPY.parent
+NODE_DIR: Final = Path(__file__).resolve().parent / "node"
+TSC: Final = NODE_DIR / "node_modules" / ".bin" / "tsc"
 TYPES: Final = (CLIENT_DIR / "genstream.d.ts").read_text()
 # `export interface Name extends EventBase<"type"> { field: ...; field?: ...; }`; the
 # interfaces hold no nested braces (each nested object is an interface of its own).
@@ -104,3 +110,17 @@ async def test_the_event_types_are_what_generations_write(gs: Genstream) -> None
     # Every type but a failure's, whose fields are code, message, retryable.
     assert seen == {t.value for t in EventType} - {EventType.GENERATION_FAILED}
     assert fields("GenerationFailedEvent") == {"code", "message", "retryable"}
+
+
+@pytest.mark.skipif(not TSC.exists(), reason="no typescript in tests/node: `make node-deps`")
+def test_the_declarations_compile_for_an_app_that_uses_them() -> None:
+    # tests/node/types/consumer.ts: the client and the hook used as an app would, strict.
+    compiled = subprocess.run(
+        [str(TSC), "-p", "types/tsconfig.json"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
