@@ -6,13 +6,19 @@ turns, and the uniqueness rules a race between two processes meets."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
+from service.config import GenerationSettings
+from service.errors import Conflict
 from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, encode
 from service.eventlog.journal import Emit, Journal
+from service.generation.lifecycle import Generations
+from service.generation.providers.offline import OfflineProvider
+from service.metrics import Metrics
 from service.storage.interface import Duplicate, Tx
 from service.storage.postgres import PostgresStorage, PostgresTx
 from tests.helpers import wait_until
@@ -20,6 +26,7 @@ from tests.postgres import Database
 from tests.storage_contract import PROJECT, insert_generation
 
 TIMEOUT = 20
+RACE_ROUNDS = 10
 OWNER = "host:1:aaaa"
 OTHER = "host:2:bbbb"
 GID = "gen_leased"
@@ -197,3 +204,69 @@ async def test_a_duplicate_fails_its_journal_job_alone(storages: list[PostgresSt
         await journal.close()
     assert [e.id for e in await second.events_after(PROJECT, 0, 10)][-1] == event.id
     assert await second.generation("gen_again") is None
+
+
+class _Unlocked(PostgresTx):
+    """A transaction whose submit takes no lock first: the race the lock prevents."""
+
+    async def lock_log(self) -> None:
+        return None
+
+
+class _UnlockedStorage(PostgresStorage):
+    def transaction(self) -> PostgresTx:
+        return _Unlocked(self)
+
+
+async def test_without_the_submit_lock_the_partial_index_still_refuses_a_second_generation(
+    pg_database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes' lifecycles whose submits both read before either commits: the
+    second insert meets the first's row in generations_one_active (Duplicate), reads
+    again, and answers as one process would, the 409 naming the running generation. (The
+    same client_request_id needs the lock itself: without it the second submit's two
+    reads may straddle the first's commit, no generation by that request, then one
+    running, a 409 where one process answers created false.)"""
+    caplog.set_level(logging.INFO, "service.generation.lifecycle")
+    opened: list[tuple[PostgresStorage, Journal, Generations]] = []
+    for _ in range(2):
+        storage = await _UnlockedStorage.open(pg_database.url)
+        journal = await Journal.start(storage, Broker(queue_size=1024))
+        generations = Generations(
+            storage,
+            journal,
+            OfflineProvider(tokens_per_second=5),
+            max_concurrent=4,
+            timeout_seconds=60,
+            metrics=Metrics(),
+            limits=GenerationSettings(lease_seconds=30),
+        )
+        opened.append((storage, journal, generations))
+    (_, journal, first), (_, _, second) = opened
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            for n in range(RACE_ROUNDS):
+                project_id = f"prj_race_{n}"
+
+                async def project(tx: Tx, emit: Emit, project_id: str = project_id) -> None:
+                    await tx.insert_project(project_id, project_id, 1)
+
+                await journal.transact(project)
+                answers = await asyncio.gather(
+                    first.submit(project_id, "a todo api", [], f"req-a-{n}"),
+                    second.submit(project_id, "a blog", [], f"req-b-{n}"),
+                    return_exceptions=True,
+                )
+                (created,) = [a for a in answers if not isinstance(a, BaseException)]
+                (refused,) = [a for a in answers if isinstance(a, BaseException)]
+                assert isinstance(refused, Conflict), refused
+                assert refused.code == "generation_running"
+                assert refused.details["generation_id"] == created.generation["id"]
+    finally:
+        for storage, journal, generations in opened:
+            await generations.close()
+            await journal.close()
+            await storage.close()
+    met = caplog.text.count("submit met another process's commit (generations_one_active)")
+    print(f"duplicates met in {RACE_ROUNDS} raced pairs: {met}")
+    assert met > 0

@@ -14,6 +14,7 @@ from service.eventlog import event as ev
 from service.eventlog.event import Draft, now_ms
 from service.eventlog.journal import Emit, Journal
 from service.generation import drafts
+from service.generation.leases import guarded
 from service.generation.providers.base import ProviderError
 from service.generation.run import Run
 from service.metrics import Metrics
@@ -93,7 +94,9 @@ class Endings:
 
         # In a task of its own: a second cancellation of the generation's task (a cancel,
         # then shutdown) must not stop the end from being recorded.
-        await _uncancellable(asyncio.ensure_future(self._record(run, end, status, error)))
+        await _uncancellable(
+            asyncio.ensure_future(self._record(run, guarded(run.guard, end), status, error))
+        )
 
     async def _record(
         self,

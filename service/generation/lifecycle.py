@@ -5,6 +5,11 @@ waits for a slot, runs the stage pipeline (runner.py) and records how it ended
 (endings.py), in exactly one terminal event. Cancel, recover and close end the
 generations no task will finish. Every state change is one transaction that carries its
 events, so the database never holds a generation whose status and event log disagree.
+
+Where several processes share the database (PostgreSQL), a process runs the generations
+it created under a lease (leases.py): every write of a run is checked to still hold it,
+a cancel asked on another process is a flag its owner reads, and the generations of a
+process that stopped renewing are ended by the others, as a start ends a dead one's.
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
 from service.generation import drafts
 from service.generation.endings import Endings
+from service.generation.leases import Fenced, LeaseKeeper, identity, lapsed_guard, owner_guard
 from service.generation.providers.base import Provider, ProviderError
 from service.generation.run import Run
 from service.generation.runner import Runner
 from service.metrics import Metrics
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import Message, Storage, Tx
+from service.storage.interface import Duplicate, Message, Storage, Tx
 
 log = logging.getLogger(__name__)
 
 PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
 STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
+# A submit that meets another process's commit of the same key reads again (Duplicate):
+# the second try sees that commit, so more than two never happen; three bound it.
+SUBMIT_TRIES: Final = 3
+# How often a cancel of a generation another process runs looks for its end.
+CANCEL_WAIT_POLL_SECONDS: Final = 0.05
 
 
 def new_id(prefix: str) -> str:
@@ -69,8 +80,22 @@ class Generations:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
+        self._fenced: set[str] = set()  # their lease lost: their tasks stop, writing nothing
         self._runner = Runner(storage, journal, provider, metrics=metrics, limits=limits)
         self._endings = Endings(journal, metrics)
+        # Several processes on one database: this process's leases (generation/leases.py).
+        self._leases: LeaseKeeper | None = None
+        if storage.shared:
+            self._leases = LeaseKeeper(
+                storage,
+                journal,
+                owner=identity(),
+                seconds=limits.lease_seconds,
+                held=lambda: list(self._tasks),
+                lost=self._fence,
+                cancel=self._cancel_asked_elsewhere,
+                reap=self._reap,
+            )
 
     @property
     def running(self) -> int:
@@ -88,6 +113,9 @@ class Generations:
         provider, model = self._provider.name, self._provider.model
 
         async def create(tx: Tx, emit: Emit) -> Submission:
+            # Several processes: another's submit must not commit between the checks
+            # below (the same request, then a running generation), or they would disagree.
+            await tx.lock_log()
             if not await tx.project_exists(project_id):
                 raise NotFound("project", project_id)
             if client_request_id is not None:
@@ -116,16 +144,28 @@ class Generations:
                 first_event_id=first.id,
                 at=at,
             )
+            if self._leases is not None:
+                await self._leases.take(tx, gid)
             generation = await tx.generation(gid)
             assert generation is not None
             return Submission(generation, asdict(user), asdict(assistant), created=True)
 
-        future = self._journal.transact(create)
-        # The rows commit even when this request is cancelled mid-submit (its client left;
-        # the runner cancels handlers): start the task from the commit itself, or the
-        # generation would stay pending for ever and hold the project.
-        future.add_done_callback(self._start_if_created)
-        return await asyncio.shield(future)
+        for attempt in range(1, SUBMIT_TRIES + 1):
+            future = self._journal.transact(create)
+            # The rows commit even when this request is cancelled mid-submit (its client
+            # left; the runner cancels handlers): start the task from the commit itself, or
+            # the generation would stay pending for ever and hold the project.
+            future.add_done_callback(self._start_if_created)
+            try:
+                return await asyncio.shield(future)
+            except Duplicate as exc:
+                # Another process committed this client_request_id, or a generation of
+                # this project, after this try read: the next try reads that commit and
+                # answers as one process would (created false, or the 409).
+                if attempt == SUBMIT_TRIES:
+                    raise
+                log.info("submit met another process's commit (%s): reading again", exc.constraint)
+        raise AssertionError("unreachable")
 
     def _start_if_created(self, future: asyncio.Future[Submission]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -155,13 +195,93 @@ class Generations:
         if generation is None:
             raise NotFound("generation", generation_id)
         if task is None and generation["status"] in ACTIVE_STATUSES:
-            # Active with no task in this process: nothing else would ever end it.
-            await self._endings.cancelled(await self._taskless_run(generation))
+            if self._leases is None:
+                # Active with no task in this process: nothing else would ever end it.
+                await self._endings.cancelled(await self._taskless_run(generation))
+            else:
+                await self._cancel_elsewhere(generation, self._leases.seconds)
             generation = await self._storage.generation(generation_id) or generation
         return generation
 
+    async def _cancel_elsewhere(self, generation: dict[str, Any], lease_seconds: float) -> None:
+        """Cancel a generation another process runs: flag it; its owner reads the flags
+        every leases.CANCEL_POLL_SECONDS and ends it as cancelled. Wait for that end, so
+        the reply shows the final state as on one process. One no live process holds
+        (its lease lapsed) is ended here."""
+        gid = generation["id"]
+
+        async def ask(tx: Tx, emit: Emit) -> bool:
+            if await tx.lease_lapsed(gid):
+                return True
+            await tx.request_cancel(gid)
+            return False
+
+        if await self._journal.transact(ask):
+            run = await self._taskless_run(generation)
+            run.guard = lapsed_guard(gid)
+            with contextlib.suppress(Fenced):  # a reaper ended it first
+                await self._endings.cancelled(run)
+            return
+        # Bounded: should the owner die meanwhile, a reaper ends it within a lease.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * lease_seconds):
+                # The owner's end is another process's commit: no event here to await.
+                while not await self._has_ended(gid):  # noqa: ASYNC110
+                    await asyncio.sleep(CANCEL_WAIT_POLL_SECONDS)
+
+    async def _has_ended(self, generation_id: str) -> bool:
+        row = await self._storage.generation(generation_id)
+        return row is None or row["status"] not in ACTIVE_STATUSES
+
+    def _cancel_asked_elsewhere(self, generation_id: str) -> None:
+        """A cancel asked on another process, of a generation this one runs (asked once:
+        the flag stays set until the end commits, and is read again meanwhile)."""
+        task = self._tasks.get(generation_id)
+        if task is not None and not task.cancelling():
+            self._cancel_requested.add(generation_id)
+            task.cancel()
+
+    def _fence(self, generation_id: str) -> None:
+        """This process lost the generation's lease: stop its task, writing nothing more."""
+        task = self._tasks.get(generation_id)
+        if task is not None:
+            self._fenced.add(generation_id)
+            task.cancel()
+
+    async def _reap(self) -> list[str]:
+        """End the generations whose owner stopped renewing its lease (killed, paused,
+        cut off from the database): failed, `interrupted`, as a start ends what a dead
+        process left. Each end is checked, in its transaction, to be still lapsed."""
+        reaped = []
+        for gid in await self._storage.lapsed_generation_ids():
+            generation = None if gid in self._tasks else await self._storage.generation(gid)
+            if generation is None:
+                continue  # ours: the renewal finds its lease lost and stops it first
+            run = await self._taskless_run(generation)
+            run.guard = lapsed_guard(gid)
+            try:
+                await self._endings.fail(
+                    run, ProviderError("interrupted", INTERRUPTED_MESSAGE, True)
+                )
+            except Fenced:
+                continue  # another process ended it first
+            log.warning("generation %s: its process stopped renewing its lease: failed", gid)
+            reaped.append(gid)
+        return reaped
+
     async def recover(self) -> list[str]:
-        """Finish generations a previous process left running: failed, `interrupted`."""
+        """Finish generations no live process runs: failed, `interrupted`. On one process
+        (SQLite) every active one, left by a previous process; where several share the
+        database, those whose lease lapsed, and from now on every third of a lease."""
+        if self._leases is not None:
+            log.info(
+                "this process is %s (generation leases of %g s)",
+                self._leases.owner,
+                self._leases.seconds,
+            )
+            reaped = await self._reap()
+            self._leases.start()
+            return reaped
         stale = await self._storage.active_generation_ids()
         for gid in stale:
             generation = await self._storage.generation(gid)
@@ -181,7 +301,10 @@ class Generations:
 
     async def close(self) -> None:
         """Stop every running generation; each ends as failed with code `interrupted`."""
+        # First: a reaper's end under way gives up, too, if the database refuses it.
         self._endings.closing = True
+        if self._leases is not None:
+            await self._leases.close()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -192,6 +315,8 @@ class Generations:
 
     async def _run(self, generation: dict[str, Any]) -> None:
         run = Run.of(generation)
+        if self._leases is not None:
+            run.guard = owner_guard(run.generation_id, self._leases.owner)
         # The task runs in a copy of the submitting request's context: name it in logs.
         logs.project_id.set(run.project_id)
         logs.generation_id.set(run.generation_id)
@@ -212,14 +337,30 @@ class Generations:
         """Record how the run ended. The task's last act: a cancellation that arrives
         while the end is recorded is absorbed once the end has landed."""
         with contextlib.suppress(asyncio.CancelledError):
-            await self._end_for(run, exc)
+            try:
+                await self._end_for(run, exc)
+            except Fenced:  # its end refused too: another process ends it
+                self._stopped_fenced(run)
 
     async def _end_for(self, run: Run, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError) and run.generation_id in self._cancel_requested:
+        if isinstance(exc, Fenced) or run.generation_id in self._fenced:
+            self._stopped_fenced(run)
+        elif (
+            isinstance(exc, asyncio.CancelledError) and run.generation_id in self._cancel_requested
+        ):
             self._cancel_requested.discard(run.generation_id)
             await self._endings.cancelled(run)
         else:
             await self._endings.fail(run, self._failure(run, exc))
+
+    def _stopped_fenced(self, run: Run) -> None:
+        self._fenced.discard(run.generation_id)
+        self._cancel_requested.discard(run.generation_id)
+        log.warning(
+            "generation %s: fenced, this process no longer holds its lease; its run stops "
+            "and writes nothing more (the process that found the lease lapsed ends it)",
+            run.generation_id,
+        )
 
     def _failure(self, run: Run, exc: BaseException) -> ProviderError:
         """What a run that stopped with `exc` failed with."""

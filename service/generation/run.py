@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.eventlog.event import Draft
+from service.eventlog.journal import Check
 from service.files import FileRecord
 from service.generation import pipeline
 from service.generation.parser import OutputParser
@@ -34,6 +35,10 @@ class Run:
     # The chat text a previous process streamed (read back from the event log at
     # recovery); None while this process runs the parser itself.
     recovered_text: str | None = None
+    # Checked in the transaction of each of its writes, where several processes share
+    # the database (generation/leases.py): this process still holds its lease, or, for
+    # another process's end of it, nobody does. None on one process.
+    guard: Check | None = None
 
     @classmethod
     def of(cls, generation: dict[str, Any]) -> Run:

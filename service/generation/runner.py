@@ -17,6 +17,7 @@ from service.eventlog.journal import Emit, Journal
 from service.files import FileRecord
 from service.generation import drafts, pipeline
 from service.generation.bounds import OutputBounds
+from service.generation.leases import guarded
 from service.generation.parser import Item
 from service.generation.pipeline import Stage
 from service.generation.providers.base import ModelRequest, Provider
@@ -75,7 +76,7 @@ class Runner:
             )
             await emit(drafts.stage(run, pipeline.PLANNING, "active", 0))
 
-        await self._journal.transact(start)
+        await self._journal.transact(guarded(run.guard, start))
 
     async def _plan(self, run: Run, generation: dict[str, Any]) -> ModelRequest:
         files = await self._storage.file_contents(run.project_id)
@@ -126,7 +127,7 @@ class Runner:
         admitted, crossed = bounds.admit(items)
         admitted_drafts = drafts.from_items(run, admitted)
         if admitted_drafts:
-            await self._journal.append(*admitted_drafts)
+            await self._journal.append(*admitted_drafts, check=run.guard)
         if crossed is not None:
             raise crossed
 
@@ -147,7 +148,7 @@ class Runner:
                     )
                 )
         if found:
-            await self._journal.append(*found)
+            await self._journal.append(*found, check=run.guard)
         await self._stage(run, pipeline.VALIDATING, "complete", 1.0)
 
     async def _complete(self, run: Run) -> None:
@@ -175,7 +176,7 @@ class Runner:
                 run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings)
             )
 
-        await self._journal.transact(finish)
+        await self._journal.transact(guarded(run.guard, finish))
         self._metrics.generations.labels("completed", "").inc()
         log.info("generation %s completed: %s", run.generation_id, summary)
 
@@ -188,7 +189,7 @@ class Runner:
             await tx.update_generation(run.generation_id, stage=stage.id, progress=progress)
             await emit(drafts.stage(run, stage, status, progress))
 
-        await self._journal.transact(record)
+        await self._journal.transact(guarded(run.guard, record))
         run.progress = progress
 
 

@@ -113,6 +113,12 @@ class Tx(Protocol):
     # the database. Each check locks the generation's row until the transaction ends, so
     # an owner's write and another process's end of it take turns. Where one process
     # owns the database (SQLite, `Storage.shared` false) it holds every lease: no-ops.
+    async def lock_log(self) -> None:
+        """Take, now, the lock every writer of events takes and holds to its commit: the
+        reads after it see every commit before it, and no other commits until this
+        transaction ends (a submit's checks, consistent across processes)."""
+        ...
+
     async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None: ...
     async def holds_lease(self, generation_id: str, owner: str) -> bool:
         """Active, owned by `owner`, its lease not expired."""

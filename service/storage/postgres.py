@@ -170,6 +170,16 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 # Processes starting together migrate one at a time (a transaction-level advisory lock).
 MIGRATION_LOCK: Final = 0x67656E73  # "gens"
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
+# The writer's transactions hold the log's lock (_INSERT_EVENTS) from their first event
+# to their commit, with no wait on the client's side but the Python between statements.
+# A process paused in one (SIGSTOP, a frozen VM) would hold every process's writes, the
+# reaper's included, for as long as it stays paused; PostgreSQL ends such a session:
+# "Terminate any session that has been idle (that is, waiting for a client query) within
+# an open transaction for longer than the specified amount of time", which "can be used to
+# ensure that idle sessions do not hold locks for an unreasonable amount of time" (15 docs,
+# 20.11.1, https://www.postgresql.org/docs/15/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT).
+# The paused process then finds its connection gone, its batch failed, and connects again.
+WRITER_IDLE_IN_TRANSACTION_MS: Final = 2000
 # Every commit that inserts events notifies this channel (payload: the head it moved the
 # log to); each process's listener (`listen`) hears it. Only a hint: see `listen`.
 NOTIFY_CHANNEL: Final = "genstream_events"
@@ -795,6 +805,12 @@ class PostgresTx:
 
     # -- leases (the lock order is _LOCK_LOG's) --------------------------------------
 
+    async def lock_log(self) -> None:
+        # Read Committed: each statement sees what committed before it began, so two reads
+        # of one transaction may see different states (13.2.1); holding the lock every
+        # writer of generations takes makes the reads after it one state.
+        await self._conn.execute(_LOCK_LOG)
+
     async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None:
         await self._conn.execute(
             f"UPDATE generations SET owner = $2, lease_expires_at = {_LEASED_UNTIL} WHERE id = $1",
@@ -898,7 +914,12 @@ def _generation_view(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _connect(url: str) -> asyncpg.Connection:
-    return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
+    """The writer's connection."""
+    return await asyncpg.connect(
+        url,
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        server_settings={"idle_in_transaction_session_timeout": str(WRITER_IDLE_IN_TRANSACTION_MS)},
+    )
 
 
 async def _listener_connection(url: str) -> asyncpg.Connection:

@@ -743,6 +743,9 @@ class SqliteTx:
         )
 
     # Leases: this process holds them all (Storage.shared is false), so nothing to store.
+    async def lock_log(self) -> None:
+        return None  # the one writer connection: a transaction is alone already
+
     async def take_lease(self, generation_id: str, owner: str, seconds: float) -> None:
         return None
 
