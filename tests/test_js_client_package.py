@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +20,7 @@ from tests.conftest import Genstream
 CLIENT_DIR: Final = protocol_js.PACKAGE_COPY.parent
 NODE_DIR: Final = Path(__file__).resolve().parent / "node"
 TSC: Final = NODE_DIR / "node_modules" / ".bin" / "tsc"
+NPM: Final = shutil.which("npm")
 TYPES: Final = (CLIENT_DIR / "genstream.d.ts").read_text()
 # `export interface Name extends EventBase<"type"> { field: ...; field?: ...; }`; the
 # interfaces hold no nested braces (each nested object is an interface of its own).
@@ -124,3 +126,22 @@ def test_the_declarations_compile_for_an_app_that_uses_them() -> None:
         check=False,
     )
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+
+
+@pytest.mark.skipif(NPM is None, reason="npm is missing: `make test` installs Debian's npm")
+def test_npm_would_publish_the_package_with_its_files() -> None:
+    assert NPM is not None
+    packed = subprocess.run(
+        [NPM, "pack", "--dry-run", "--json"],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    [tarball] = json.loads(packed.stdout)
+    package = json.loads((CLIENT_DIR / "package.json").read_text())
+    assert tarball["name"] == package["name"] and tarball["version"] == package["version"]
+    assert sorted(f["path"] for f in tarball["files"]) == sorted(
+        [*package["files"], "package.json"]
+    )
