@@ -165,6 +165,7 @@ export class DebugDrawer {
       ["First token", timings?.first_token_ms == null ? null : duration(timings.first_token_ms)],
       ["Tokens/s", timings?.tokens_per_second == null ? null : timings.tokens_per_second.toFixed(1)],
     ].filter(([, value]) => value != null);
+    if (generation && !facts.length) facts.push(["Reported when it ends", "-"]);
     this.usage.replaceChildren(
       ...facts.map(([label, value]) => {
         const row = el("tr");
