@@ -22,7 +22,7 @@ from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, encode
 from service.eventlog.journal import Emit, Journal, TxFunction
 from service.protocol import GenerationStatus
-from service.storage.interface import Message, Storage, StorageError, Tx
+from service.storage.interface import MessageRow, Storage, StorageError, Tx
 
 PROJECT = "prj_contract"
 OTHER = "prj_other"
@@ -48,7 +48,7 @@ async def insert_generation(
     for role in ("user", "assistant"):
         message_id = f"msg_{generation_id}_{role}"
         await tx.insert_message(
-            Message(message_id, project_id, generation_id, role, "complete", "hi", 1, 1)
+            MessageRow(message_id, project_id, generation_id, role, "complete", "hi", 1, 1)
         )
     await tx.insert_generation(
         generation_id=generation_id,
@@ -76,7 +76,7 @@ def submit_job(project_id: str, client_request_id: str | None) -> TxFunction[str
         if client_request_id is not None:
             earlier = await tx.generation_by_request(project_id, client_request_id)
             if earlier is not None:
-                return str(earlier["id"])
+                return earlier.id
         if await tx.active_generation(project_id) is not None:
             return None
         generation_id = f"gen_{next(_generation_numbers)}"
@@ -320,7 +320,8 @@ class StorageContract:
             active = started[0]
             assert await storage.active_generation_ids() == [active]
             project = await storage.project(PROJECT)
-            assert project is not None and project["active_generation"]["id"] == active
+            assert project is not None and project.active_generation is not None
+            assert project.active_generation.id == active
 
             async def finish(tx: Tx, emit: Emit) -> Any:
                 await tx.update_generation(active, status=GenerationStatus.COMPLETED)

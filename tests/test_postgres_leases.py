@@ -261,7 +261,7 @@ async def test_without_the_submit_lock_the_partial_index_still_refuses_a_second_
                 (refused,) = [a for a in answers if isinstance(a, BaseException)]
                 assert isinstance(refused, Conflict), refused
                 assert refused.code == "generation_running"
-                assert refused.details["generation_id"] == created.generation["id"]
+                assert refused.details["generation_id"] == created.generation.id
     finally:
         for storage, journal, generations in opened:
             await generations.close()

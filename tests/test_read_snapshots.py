@@ -25,6 +25,7 @@ from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event
 from service.eventlog.journal import Emit, Journal
 from service.storage.sqlite import Storage, Tx
+from service.web import views
 
 pytestmark = pytest.mark.sqlite_only("SQLite's reader connections and their WAL snapshots")
 PROJECT = "prj_snapshots"
@@ -116,15 +117,17 @@ READS: dict[str, tuple[Read, Callable[[Any], bool]]] = {
     ),
     "generation over check": (
         lambda s: s.generation(GENERATION),
-        lambda generation: generation["status"] == "completed",
+        lambda generation: generation.status == "completed",
     ),
     "project view": (
         lambda s: s.project(PROJECT),
-        lambda project: project["status"] == "idle" and project["last_event_id"] > 0,
+        lambda project: views.project(project)["status"] == "idle" and project.last_event_id > 0,
     ),
     "project list": (
         lambda s: s.projects(),
-        lambda projects: projects[0]["status"] == "idle" and projects[0]["last_event_id"] > 0,
+        lambda projects: (
+            views.project(projects[0])["status"] == "idle" and projects[0].last_event_id > 0
+        ),
     ),
 }
 

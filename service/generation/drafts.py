@@ -18,7 +18,7 @@ from service.generation.parser import (
 )
 from service.generation.pipeline import Stage
 from service.generation.run import Run
-from service.storage.interface import Message
+from service.storage.interface import MessageRow
 
 
 def from_items(run: Run, items: list[Item]) -> list[Draft]:
@@ -54,7 +54,7 @@ def from_items(run: Run, items: list[Item]) -> list[Draft]:
     return drafts
 
 
-def message_created(message: Message) -> Draft:
+def message_created(message: MessageRow) -> Draft:
     """message.created carries the whole row, in the shape the messages API returns."""
     return Draft(
         message.project_id,

@@ -76,7 +76,7 @@ class Endings:
 
         async def end(tx: Tx, emit: Emit) -> bool:
             current = await tx.generation(run.generation_id)
-            if current is None or current["status"] not in ACTIVE_STATUSES:
+            if current is None or current.status not in ACTIVE_STATUSES:
                 return False  # already ended: one terminal event per generation, never two
             await tx.update_message(run.assistant_message_id, message_status, text)
             await tx.update_generation(

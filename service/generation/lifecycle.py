@@ -19,8 +19,8 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from service import logs
 from service.config import GenerationSettings
@@ -35,7 +35,7 @@ from service.generation.run import Run
 from service.generation.runner import Runner
 from service.metrics import Metrics
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import Duplicate, Message, Storage, Tx
+from service.storage.interface import Duplicate, GenerationRow, MessageRow, Storage, Tx
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ def new_id(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    generation: dict[str, Any]
-    user_message: dict[str, Any]
-    assistant_message: dict[str, Any]
+    generation: GenerationRow
+    user_message: MessageRow
+    assistant_message: MessageRow
     created: bool  # False when client_request_id matched an earlier submission
 
 
@@ -148,7 +148,7 @@ class Generations:
                 await self._leases.take(tx, gid)
             generation = await tx.generation(gid)
             assert generation is not None
-            return Submission(generation, asdict(user), asdict(assistant), created=True)
+            return Submission(generation, user, assistant, created=True)
 
         for attempt in range(1, SUBMIT_TRIES + 1):
             future = self._journal.transact(create)
@@ -174,15 +174,15 @@ class Generations:
         if submission.created:
             self._start(submission.generation)
 
-    def _start(self, generation: dict[str, Any]) -> None:
-        gid = generation["id"]
+    def _start(self, generation: GenerationRow) -> None:
+        gid = generation.id
         task = asyncio.create_task(self._run(generation), name=f"generation-{gid}")
         self._tasks[gid] = task
         task.add_done_callback(lambda _: self._tasks.pop(gid, None))
 
     # -- cancel, recover, close -------------------------------------------------------
 
-    async def cancel(self, generation_id: str) -> dict[str, Any]:
+    async def cancel(self, generation_id: str) -> GenerationRow:
         """Cancel a generation; cancelling one that has ended changes nothing."""
         task = self._tasks.get(generation_id)
         if task is not None:
@@ -194,7 +194,7 @@ class Generations:
         generation = await self._storage.generation(generation_id)
         if generation is None:
             raise NotFound("generation", generation_id)
-        if task is None and generation["status"] in ACTIVE_STATUSES:
+        if task is None and generation.status in ACTIVE_STATUSES:
             if self._leases is None:
                 # Active with no task in this process: nothing else would ever end it.
                 await self._endings.cancelled(await self._taskless_run(generation))
@@ -203,12 +203,12 @@ class Generations:
             generation = await self._storage.generation(generation_id) or generation
         return generation
 
-    async def _cancel_elsewhere(self, generation: dict[str, Any], lease_seconds: float) -> None:
+    async def _cancel_elsewhere(self, generation: GenerationRow, lease_seconds: float) -> None:
         """Cancel a generation another process runs: flag it; its owner reads the flags
         every leases.CANCEL_POLL_SECONDS and ends it as cancelled. Wait for that end, so
         the reply shows the final state as on one process. One no live process holds
         (its lease lapsed) is ended here."""
-        gid = generation["id"]
+        gid = generation.id
 
         async def ask(tx: Tx, emit: Emit) -> bool:
             if await tx.lease_lapsed(gid):
@@ -231,7 +231,7 @@ class Generations:
 
     async def _has_ended(self, generation_id: str) -> bool:
         row = await self._storage.generation(generation_id)
-        return row is None or row["status"] not in ACTIVE_STATUSES
+        return row is None or row.status not in ACTIVE_STATUSES
 
     def _cancel_asked_elsewhere(self, generation_id: str) -> None:
         """A cancel asked on another process, of a generation this one runs (asked once:
@@ -292,11 +292,11 @@ class Generations:
             log.warning("generation %s was left running by a previous process: failed", gid)
         return stale
 
-    async def _taskless_run(self, generation: dict[str, Any]) -> Run:
+    async def _taskless_run(self, generation: GenerationRow) -> Run:
         """A run for a generation no task of this process runs, to record its end. What
         was committed stays: the message keeps the text its deltas carried."""
         run = Run.of(generation)
-        run.recovered_text = (await self._storage.streamed_text(generation["id"])).strip()
+        run.recovered_text = (await self._storage.streamed_text(generation.id)).strip()
         return run
 
     async def close(self) -> None:
@@ -313,7 +313,7 @@ class Generations:
 
     # -- the task -------------------------------------------------------------------
 
-    async def _run(self, generation: dict[str, Any]) -> None:
+    async def _run(self, generation: GenerationRow) -> None:
         run = Run.of(generation)
         if self._leases is not None:
             run.guard = owner_guard(run.generation_id, self._leases.owner)
@@ -386,33 +386,29 @@ async def _refuse_if_running(tx: Tx, project_id: str) -> None:
     if running is not None:
         raise Conflict(
             "generation_running",
-            f"generation {running['id']} is still running in this project; "
+            f"generation {running.id} is still running in this project; "
             "cancel it or wait for it to end",
-            generation_id=running["id"],
+            generation_id=running.id,
         )
 
 
 async def _resubmission(
-    tx: Tx, earlier: dict[str, Any], prompt: str, image_urls: list[str]
+    tx: Tx, earlier: GenerationRow, prompt: str, image_urls: list[str]
 ) -> Submission:
-    if earlier["prompt"] != prompt or earlier["image_urls"] != image_urls:
+    if earlier.prompt != prompt or earlier.image_urls != tuple(image_urls):
         raise Conflict(
             "client_request_id_reused",
             "client_request_id was already used for a different prompt",
-            generation_id=earlier["id"],
+            generation_id=earlier.id,
         )
-    messages = {}
-    for key in ("user_message_id", "assistant_message_id"):
-        row = await tx.message(earlier[key])
-        assert row is not None
-        messages[key] = row
-    return Submission(
-        earlier, messages["user_message_id"], messages["assistant_message_id"], created=False
-    )
+    user = await tx.message(earlier.user_message_id)
+    assistant = await tx.message(earlier.assistant_message_id)
+    assert user is not None and assistant is not None
+    return Submission(earlier, user, assistant, created=False)
 
 
 def _message(
     project_id: str, generation_id: str, role: str, status: str, content: str, at: int
-) -> Message:
+) -> MessageRow:
     """A new message, created and updated at `at`."""
-    return Message(new_id("msg"), project_id, generation_id, role, status, content, at, at)
+    return MessageRow(new_id("msg"), project_id, generation_id, role, status, content, at, at)

@@ -13,6 +13,7 @@ from service.generation import pipeline
 from service.generation.parser import OutputParser
 from service.generation.pipeline import Stage
 from service.generation.providers.base import Usage
+from service.storage.interface import GenerationRow
 
 
 @dataclass
@@ -41,9 +42,9 @@ class Run:
     guard: Check | None = None
 
     @classmethod
-    def of(cls, generation: dict[str, Any]) -> Run:
+    def of(cls, generation: GenerationRow) -> Run:
         """A run of this generation row, with nothing produced yet."""
-        return cls(generation["id"], generation["project_id"], generation["assistant_message_id"])
+        return cls(generation.id, generation.project_id, generation.assistant_message_id)
 
     @property
     def text(self) -> str:

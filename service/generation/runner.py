@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Final
+from typing import Final
 
 from service.config import GenerationSettings
 from service.eventlog import event as ev
@@ -25,7 +25,7 @@ from service.generation.run import Run
 from service.generation.text import whole_characters
 from service.generation.validation import check_file
 from service.metrics import Metrics
-from service.storage.interface import Storage, Tx
+from service.storage.interface import GenerationRow, Storage, Tx
 
 # The lifecycle's logger, as before the run's steps had a module of their own.
 log = logging.getLogger("service.generation.lifecycle")
@@ -52,7 +52,7 @@ class Runner:
         self._metrics = metrics
         self._limits = limits
 
-    async def run(self, run: Run, generation: dict[str, Any]) -> None:
+    async def run(self, run: Run, generation: GenerationRow) -> None:
         await self._begin(run)
         request = await self._plan(run, generation)
         await self._generate(run, request)
@@ -78,17 +78,17 @@ class Runner:
 
         await self._journal.transact(guarded(run.guard, start))
 
-    async def _plan(self, run: Run, generation: dict[str, Any]) -> ModelRequest:
+    async def _plan(self, run: Run, generation: GenerationRow) -> ModelRequest:
         files = await self._storage.file_contents(run.project_id)
         run.existing = frozenset(file.path for file in files)
         history = tuple(
-            (m["role"], m["content"])
+            (m.role, m.content)
             for m in await self._storage.messages(run.project_id)
-            if m["generation_id"] != run.generation_id and m["status"] in ("complete", "success")
+            if m.generation_id != run.generation_id and m.status in ("complete", "success")
         )
         request = ModelRequest(
-            prompt=generation["prompt"],
-            image_urls=tuple(generation["image_urls"]),
+            prompt=generation.prompt,
+            image_urls=generation.image_urls,
             files=tuple(files),
             history=history,
         )

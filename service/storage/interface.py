@@ -5,6 +5,10 @@ The journal, retention and the web layer type against these, never against a bac
 satisfies them. A backend translates its driver's exceptions into StorageError at its
 boundary: the journal tells a database failure (the whole batch fails) from a caller's
 own mistake (that job alone fails) by that one type.
+
+The reads return rows: frozen dataclasses of what is stored, its JSON columns decoded
+into Python values. What the API makes of them (a project's "generating" or "idle", a
+generation's error object) is the web layer's (service/web/views.py).
 """
 
 from __future__ import annotations
@@ -33,7 +37,44 @@ class Duplicate(StorageError):
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class GenerationRow:
+    id: str
+    project_id: str
+    client_request_id: str | None
+    prompt: str
+    image_urls: tuple[str, ...]
+    status: str
+    stage: str | None
+    progress: int
+    # How it failed: all three None unless it did (error_code set, the rest with it).
+    error_code: str | None
+    error_message: str | None
+    retryable: bool | None
+    usage: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    provider: str
+    model: str
+    user_message_id: str
+    assistant_message_id: str
+    first_event_id: int
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    """A project with its active generation and its newest event id, read at one moment."""
+
+    id: str
+    name: str
+    created_at: int
+    active_generation: GenerationRow | None
+    last_event_id: int  # 0 before its first event
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
     """A row of messages, its columns in the order the messages API shows them."""
 
     id: str
@@ -43,6 +84,29 @@ class Message:
     status: str
     content: str
     created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A project's file without its content, as a listing shows it."""
+
+    path: str
+    size: int  # UTF-8 bytes
+    sha256: str
+    generation_id: str  # the generation that last wrote it
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One project file with its content (service/files.FileRecord is the content alone)."""
+
+    path: str
+    content: str
+    size: int
+    sha256: str
+    generation_id: str
     updated_at: int
 
 
@@ -63,14 +127,14 @@ class Tx(Protocol):
 
     async def insert_project(self, project_id: str, name: str, created_at: int) -> None: ...
     async def project_exists(self, project_id: str) -> bool: ...
-    async def insert_message(self, message: Message) -> None: ...
-    async def message(self, message_id: str) -> dict[str, Any] | None: ...
+    async def insert_message(self, message: MessageRow) -> None: ...
+    async def message(self, message_id: str) -> MessageRow | None: ...
     async def update_message(self, message_id: str, status: str, content: str | None) -> None: ...
     async def generation_by_request(
         self, project_id: str, client_request_id: str
-    ) -> dict[str, Any] | None: ...
-    async def active_generation(self, project_id: str) -> dict[str, Any] | None: ...
-    async def generation(self, generation_id: str) -> dict[str, Any] | None: ...
+    ) -> GenerationRow | None: ...
+    async def active_generation(self, project_id: str) -> GenerationRow | None: ...
+    async def generation(self, generation_id: str) -> GenerationRow | None: ...
     async def insert_generation(
         self,
         *,
@@ -144,13 +208,13 @@ class Reads(Protocol):
 
     async def max_event_id(self) -> int: ...
     async def project_exists(self, project_id: str) -> bool: ...
-    async def project(self, project_id: str) -> dict[str, Any] | None: ...
-    async def projects(self) -> list[dict[str, Any]]: ...
-    async def generation(self, generation_id: str) -> dict[str, Any] | None: ...
+    async def project(self, project_id: str) -> ProjectRow | None: ...
+    async def projects(self) -> list[ProjectRow]: ...
+    async def generation(self, generation_id: str) -> GenerationRow | None: ...
     async def active_generation_ids(self) -> list[str]: ...
-    async def messages(self, project_id: str) -> list[dict[str, Any]]: ...
-    async def files(self, project_id: str) -> list[dict[str, Any]]: ...
-    async def file(self, project_id: str, path: str) -> dict[str, Any] | None: ...
+    async def messages(self, project_id: str) -> list[MessageRow]: ...
+    async def files(self, project_id: str) -> list[FileInfo]: ...
+    async def file(self, project_id: str, path: str) -> FileRow | None: ...
     async def file_contents(self, project_id: str) -> list[FileRecord]: ...
     async def events_after(
         self, project_id: str, after: int, limit: int, generation_id: str | None = None

@@ -63,7 +63,15 @@ from service.config import redacted
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import Duplicate, Message, StorageError
+from service.storage.interface import (
+    Duplicate,
+    FileInfo,
+    FileRow,
+    GenerationRow,
+    MessageRow,
+    ProjectRow,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -422,17 +430,17 @@ class PostgresStorage:
         self._known_projects.add(project_id)
         return True
 
-    async def project(self, project_id: str) -> dict[str, Any] | None:
+    async def project(self, project_id: str) -> ProjectRow | None:
         row = await self._readers.fetchrow(f"{_PROJECT_VIEW} WHERE p.id = $1", project_id)
-        return _project_view(row) if row else None
+        return _project_row(row) if row else None
 
-    async def projects(self) -> list[dict[str, Any]]:
+    async def projects(self) -> list[ProjectRow]:
         rows = await self._readers.fetch(f"{_PROJECT_VIEW} ORDER BY p.created_at, p.id")
-        return [_project_view(row) for row in rows]
+        return [_project_row(row) for row in rows]
 
-    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+    async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._readers.fetchrow(_GENERATION_BY_ID, generation_id)
-        return _generation_view(row) if row else None
+        return _generation_row(row) if row else None
 
     async def active_generation_ids(self) -> list[str]:
         rows = await self._readers.fetch(
@@ -440,30 +448,30 @@ class PostgresStorage:
         )
         return [row["id"] for row in rows]
 
-    async def messages(self, project_id: str) -> list[dict[str, Any]]:
+    async def messages(self, project_id: str) -> list[MessageRow]:
         rows = await self._readers.fetch(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE project_id = $1 "
             "ORDER BY created_at, seq",
             project_id,
         )
-        return [dict(row) for row in rows]
+        return [MessageRow(**dict(row)) for row in rows]
 
-    async def files(self, project_id: str) -> list[dict[str, Any]]:
+    async def files(self, project_id: str) -> list[FileInfo]:
         rows = await self._readers.fetch(
             "SELECT path, size, sha256, generation_id, updated_at FROM files "
             "WHERE project_id = $1 ORDER BY path",
             project_id,
         )
-        return [dict(row) for row in rows]
+        return [FileInfo(**dict(row)) for row in rows]
 
-    async def file(self, project_id: str, path: str) -> dict[str, Any] | None:
+    async def file(self, project_id: str, path: str) -> FileRow | None:
         row = await self._readers.fetchrow(
             "SELECT path, content, size, sha256, generation_id, updated_at FROM files "
             "WHERE project_id = $1 AND path = $2",
             project_id,
             path,
         )
-        return dict(row) if row else None
+        return FileRow(**dict(row)) if row else None
 
     async def file_contents(self, project_id: str) -> list[FileRecord]:
         rows = await self._readers.fetch(
@@ -613,7 +621,7 @@ class PostgresTx:
     async def project_exists(self, project_id: str) -> bool:
         return await self._conn.fetchval(_PROJECT_EXISTS, project_id) is not None
 
-    async def insert_message(self, message: Message) -> None:
+    async def insert_message(self, message: MessageRow) -> None:
         await self._conn.execute(
             "INSERT INTO messages (id, project_id, generation_id, role, status, content, "
             "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -627,11 +635,11 @@ class PostgresTx:
             message.updated_at,
         )
 
-    async def message(self, message_id: str) -> dict[str, Any] | None:
+    async def message(self, message_id: str) -> MessageRow | None:
         row = await self._conn.fetchrow(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
         )
-        return dict(row) if row else None
+        return MessageRow(**dict(row)) if row else None
 
     async def update_message(self, message_id: str, status: str, content: str | None) -> None:
         await self._conn.execute(
@@ -645,26 +653,26 @@ class PostgresTx:
 
     async def generation_by_request(
         self, project_id: str, client_request_id: str
-    ) -> dict[str, Any] | None:
+    ) -> GenerationRow | None:
         row = await self._conn.fetchrow(
             f"SELECT {_GENERATION_COLUMNS} FROM generations "
             "WHERE project_id = $1 AND client_request_id = $2",
             project_id,
             client_request_id,
         )
-        return _generation_view(row) if row else None
+        return _generation_row(row) if row else None
 
-    async def active_generation(self, project_id: str) -> dict[str, Any] | None:
+    async def active_generation(self, project_id: str) -> GenerationRow | None:
         row = await self._conn.fetchrow(
             f"SELECT {_GENERATION_COLUMNS} FROM generations "
             f"WHERE project_id = $1 AND status IN {_ACTIVE} LIMIT 1",
             project_id,
         )
-        return _generation_view(row) if row else None
+        return _generation_row(row) if row else None
 
-    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+    async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._conn.fetchrow(_GENERATION_BY_ID, generation_id)
-        return _generation_view(row) if row else None
+        return _generation_row(row) if row else None
 
     async def insert_generation(
         self,
@@ -870,47 +878,43 @@ def _row_count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _project_view(row: asyncpg.Record) -> dict[str, Any]:
-    active = row["id"] is not None
-    return {
-        "id": row["p_id"],
-        "name": row["p_name"],
-        "created_at": row["p_created_at"],
-        "status": "generating" if active else "idle",
-        "active_generation": _generation_view(row) if active else None,
-        "last_event_id": row["p_last_event_id"],
-    }
+def _project_row(row: asyncpg.Record) -> ProjectRow:
+    # The generation's columns are NULL when the LEFT JOIN found no active generation.
+    return ProjectRow(
+        id=row["p_id"],
+        name=row["p_name"],
+        created_at=row["p_created_at"],
+        active_generation=_generation_row(row) if row["id"] is not None else None,
+        last_event_id=row["p_last_event_id"],
+    )
 
 
-def _generation_view(row: asyncpg.Record) -> dict[str, Any]:
-    error = None
-    if row["error_code"] is not None:
-        error = {
-            "code": row["error_code"],
-            "message": row["error_message"],
-            "retryable": bool(row["retryable"]),
-        }
-    return {
-        "id": row["id"],
-        "project_id": row["project_id"],
-        "client_request_id": row["client_request_id"],
-        "prompt": row["prompt"],
-        "image_urls": orjson.loads(row["image_urls"]),
-        "status": row["status"],
-        "stage": row["stage"],
-        "progress": row["progress"],
-        "error": error,
-        "usage": orjson.loads(row["usage"]) if row["usage"] is not None else None,
-        "timings": orjson.loads(row["timings"]) if row["timings"] is not None else None,
-        "provider": row["provider"],
-        "model": row["model"],
-        "user_message_id": row["user_message_id"],
-        "assistant_message_id": row["assistant_message_id"],
-        "first_event_id": row["first_event_id"],
-        "created_at": row["created_at"],
-        "started_at": row["started_at"],
-        "finished_at": row["finished_at"],
-    }
+def _generation_row(row: asyncpg.Record) -> GenerationRow:
+    """The columns of _GENERATION_COLUMNS, the JSON ones decoded."""
+    retryable = row["retryable"]
+    return GenerationRow(
+        id=row["id"],
+        project_id=row["project_id"],
+        client_request_id=row["client_request_id"],
+        prompt=row["prompt"],
+        image_urls=tuple(orjson.loads(row["image_urls"])),
+        status=row["status"],
+        stage=row["stage"],
+        progress=row["progress"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        retryable=None if retryable is None else bool(retryable),
+        usage=orjson.loads(row["usage"]) if row["usage"] is not None else None,
+        timings=orjson.loads(row["timings"]) if row["timings"] is not None else None,
+        provider=row["provider"],
+        model=row["model"],
+        user_message_id=row["user_message_id"],
+        assistant_message_id=row["assistant_message_id"],
+        first_event_id=row["first_event_id"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
 
 
 async def _connect(url: str) -> asyncpg.Connection:

@@ -14,8 +14,8 @@ from service.errors import NotFound
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
-from service.storage.interface import Tx
-from service.web import archive, auth
+from service.storage.interface import GenerationRow, ProjectRow, Tx
+from service.web import archive, auth, views
 from service.web.context import SERVICES, Services
 from service.web.errors import ApiError, bad_request
 from service.web.params import MAX_INTEGER, non_negative_int
@@ -102,14 +102,14 @@ async def _require_project(services: Services, project_id: str) -> None:
         raise NotFound("project", project_id)
 
 
-async def _project_or_404(services: Services, project_id: str) -> dict[str, Any]:
+async def _project_or_404(services: Services, project_id: str) -> ProjectRow:
     project = await services.storage.project(project_id)
     if project is None:
         raise NotFound("project", project_id)
     return project
 
 
-async def _generation_or_404(services: Services, generation_id: str) -> dict[str, Any]:
+async def _generation_or_404(services: Services, generation_id: str) -> GenerationRow:
     generation = await services.storage.generation(generation_id)
     if generation is None:
         raise NotFound("generation", generation_id)
@@ -134,19 +134,20 @@ async def create_project(request: web.Request) -> web.Response:
         await tx.insert_project(project_id, name.strip(), now_ms())
 
     await services.journal.transact(insert)
-    return json_response(await _project_or_404(services, project_id), status=201)
+    return json_response(views.project(await _project_or_404(services, project_id)), status=201)
 
 
 @routes.get("/api/projects")
 async def list_projects(request: web.Request) -> web.Response:
     reach = auth.grant(request)  # a scoped token sees the projects in its scope only
     projects = await _services(request).storage.projects()
-    return json_response({"projects": [p for p in projects if reach.covers(p["id"])]})
+    return json_response({"projects": [views.project(p) for p in projects if reach.covers(p.id)]})
 
 
 @routes.get("/api/projects/{pid}")
 async def get_project(request: web.Request) -> web.Response:
-    return json_response(await _project_or_404(_services(request), request.match_info["pid"]))
+    project = await _project_or_404(_services(request), request.match_info["pid"])
+    return json_response(views.project(project))
 
 
 @routes.get("/api/projects/{pid}/messages")
@@ -154,7 +155,8 @@ async def list_messages(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
     await _require_project(services, project_id)
-    return json_response({"messages": await services.storage.messages(project_id)})
+    messages = await services.storage.messages(project_id)
+    return json_response({"messages": [views.message(m) for m in messages]})
 
 
 @routes.get("/api/projects/{pid}/files")
@@ -162,7 +164,8 @@ async def list_files(request: web.Request) -> web.Response:
     services = _services(request)
     project_id = request.match_info["pid"]
     await _require_project(services, project_id)
-    return json_response({"files": await services.storage.files(project_id)})
+    files = await services.storage.files(project_id)
+    return json_response({"files": [views.file_info(f) for f in files]})
 
 
 @routes.get("/api/projects/{pid}/files/{path:.+}")
@@ -174,7 +177,7 @@ async def get_file(request: web.Request) -> web.Response:
     file = await services.storage.file(project_id, path)
     if file is None:
         raise ApiError(404, "not_found", f"project {project_id} has no file {path!r}")
-    return json_response(file)
+    return json_response(views.file(file))
 
 
 @routes.get("/api/projects/{pid}/archive")
@@ -256,14 +259,14 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     submission = await services.generations.submit(project_id, prompt, image_urls, request_id)
     generation = submission.generation
     if _wants_stream(request):
-        target = StreamTarget(project_id, generation["id"])
-        return await stream(request, services, target, generation["first_event_id"] - 1)
+        target = StreamTarget(project_id, generation.id)
+        return await stream(request, services, target, generation.first_event_id - 1)
     return json_response(
         {
-            "generation": generation,
-            "user_message": submission.user_message,
-            "assistant_message": submission.assistant_message,
-            "stream_url": f"/api/generations/{generation['id']}/stream",
+            "generation": views.generation(generation),
+            "user_message": views.message(submission.user_message),
+            "assistant_message": views.message(submission.assistant_message),
+            "stream_url": f"/api/generations/{generation.id}/stream",
             "created": submission.created,
         },
         status=202,
@@ -272,7 +275,8 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/generations/{gid}")
 async def get_generation(request: web.Request) -> web.Response:
-    return json_response(await _generation_or_404(_services(request), request.match_info["gid"]))
+    generation = await _generation_or_404(_services(request), request.match_info["gid"])
+    return json_response(views.generation(generation))
 
 
 @routes.post("/api/generations/{gid}/cancel")
@@ -280,7 +284,7 @@ async def cancel_generation(request: web.Request) -> web.Response:
     services = _services(request)
     generation_id = request.match_info["gid"]
     await _generation_or_404(services, generation_id)
-    return json_response(await services.generations.cancel(generation_id))
+    return json_response(views.generation(await services.generations.cancel(generation_id)))
 
 
 @routes.get("/api/generations/{gid}/stream")
@@ -289,8 +293,8 @@ async def generation_stream(request: web.Request) -> web.StreamResponse:
     cursor = parse_cursor(request)
     generation = await _generation_or_404(services, request.match_info["gid"])
     if cursor is None:
-        cursor = generation["first_event_id"] - 1
-    target = StreamTarget(generation["project_id"], generation["id"])
+        cursor = generation.first_event_id - 1
+    target = StreamTarget(generation.project_id, generation.id)
     return await stream(request, services, target, cursor)
 
 

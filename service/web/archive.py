@@ -69,10 +69,10 @@ async def stream_archive(
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for listed in await storage.files(project_id):
-            file = await storage.file(project_id, listed["path"])
+            file = await storage.file(project_id, listed.path)
             if file is None:  # removed since the list was read
                 continue
-            archive.writestr(_entry(file["path"], file["updated_at"]), file["content"])
+            archive.writestr(_entry(file.path, file.updated_at), file.content)
             await response.write(sink.take())
     await response.write(sink.take())  # the central directory, written by close
     await response.write_eof()

@@ -167,7 +167,7 @@ async def _authorize(request: web.Request, found: Grant, need: Need) -> None:
     elif need.reach is Reach.GENERATION and not found.master:
         generation = await request.app[SERVICES].storage.generation(request.match_info["gid"])
         if generation is not None:  # an unknown id is the handler's 404
-            found.check(generation["project_id"], need.right)
+            found.check(generation.project_id, need.right)
 
 
 def session_cookie(response: web.StreamResponse, token: str, max_age: int, *, secure: bool) -> None:

@@ -187,7 +187,7 @@ async def _generation_over(services: Services, target: StreamTarget) -> bool:
     if target.generation_id is None:
         return False
     generation = await services.storage.generation(target.generation_id)
-    return generation is not None and generation["status"] not in ACTIVE_STATUSES
+    return generation is not None and generation.status not in ACTIVE_STATUSES
 
 
 async def _follow(
