@@ -69,6 +69,9 @@ class ServerSettings:
     shutdown_grace_seconds: float = 10.0
     allow_remote_without_token: bool = False
     workers: int = 1  # processes on the port (web/workers.py); more than one needs postgres
+    # --workers: how many dead workers the supervisor restarts within a minute before it
+    # gives up, stops the others and exits 1; 0: a dead worker stops them all at once.
+    worker_restarts: int = 5
     # Origins (scheme://host[:port]) of apps on other origins, separated by commas or
     # spaces; empty: no CORS headers at all (web/cors.py).
     cors_origins: str = ""

@@ -4,6 +4,7 @@ real PostgreSQL, started as a real command; and its refusal on SQLite."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from service.protocol import STREAM_CURSOR, EventType
+from tests.helpers import wait_until
 from tests.postgres import Database
 from tests.process import ServerProcess, run_to_exit, server_process
 from tests.sse_reader import Frame, SSEReader
@@ -22,16 +24,21 @@ TIMEOUT = 20.0
 # Each new connection lands on a worker the kernel picks (SO_REUSEPORT hashes the
 # connection's addresses): 2 workers both seen within 60 tries but with odds of 2**-59.
 TRIES = 60
+SUPERVISOR_GONE = "the supervisor is gone: stopping"
 
 
 @asynccontextmanager
-async def workers(tmp_path: Path, pg_database: Database) -> AsyncIterator[ServerProcess]:
+async def workers(
+    tmp_path: Path, pg_database: Database, **settings: str
+) -> AsyncIterator[ServerProcess]:
     async with server_process(
         tmp_path,
+        port=0,
         command=("serve", "--workers", str(WORKERS)),
         storage_backend="postgres",
         storage_url=pg_database.url,
         server_shutdown_grace_seconds="2",
+        **settings,
     ) as supervisor:
         yield supervisor
 
@@ -126,17 +133,79 @@ async def test_sigterm_stops_every_worker_gracefully(tmp_path: Path, pg_database
         assert await supervisor.wait(TIMEOUT) == 0
         assert not any(alive(pid) for pid in pids)
         assert supervisor.log().count("stopped") == WORKERS, supervisor.log()
+        # A normal stop is quiet: the supervisor's pipe closes only once a worker exited.
+        assert SUPERVISOR_GONE not in supervisor.log(), supervisor.log()
 
 
-async def test_a_worker_that_dies_stops_the_others_and_the_supervisor_fails(
+async def test_workers_whose_supervisor_is_killed_warn_and_stop(
     tmp_path: Path, pg_database: Database
 ) -> None:
     async with workers(tmp_path, pg_database) as supervisor, AsyncExitStack() as stack:
+        await one_per_worker(stack, supervisor.url)
+        supervisor.signal(signal.SIGKILL)
+
+        def all_stopped() -> bool:
+            log = supervisor.log()  # the workers write to the supervisor's stderr
+            return log.count(SUPERVISOR_GONE) == WORKERS and log.count("stopped") == WORKERS
+
+        await wait_until(all_stopped, TIMEOUT)
+
+
+async def test_a_worker_that_dies_is_restarted_and_its_siblings_generation_goes_on(
+    tmp_path: Path, pg_database: Database
+) -> None:
+    """On postgres a restarted worker's recovery ends only lapsed leases: the generation
+    its sibling runs is still running once the new worker listens. Past
+    server.worker_restarts (1 here) the supervisor gives up and fails."""
+    async with (
+        workers(
+            tmp_path, pg_database, server_worker_restarts="1", offline_tokens_per_second="20"
+        ) as supervisor,
+        AsyncExitStack() as stack,
+    ):
+        sessions = await one_per_worker(stack, supervisor.url)
+        (killed, _), (other, running_on) = sessions.items()
+        url = supervisor.url
+        async with running_on.post(f"{url}/api/projects", json={}) as response:
+            project_id = (await response.json())["id"]
+        path = f"{url}/api/projects/{project_id}/generations"
+        async with running_on.post(path, json={"prompt": "a todo api"}) as response:
+            assert response.status == 202
+            generation_id = (await response.json())["generation"]["id"]
+        os.kill(killed, signal.SIGKILL)
+        restarted = re.compile(r"worker \d+ restarted \(pid (\d+)\)")
+        await wait_until(lambda: restarted.search(supervisor.log()) is not None, TIMEOUT)
+        found = restarted.search(supervisor.log())
+        assert found is not None
+        again = int(found.group(1))
+        assert f"(pid {killed}) exited with status -9 while serving: restarting it" in (
+            supervisor.log()
+        )
+        assert parent_of(again) == supervisor.pid and alive(other)
+        async with running_on.get(f"{url}/api/generations/{generation_id}") as response:
+            assert (await response.json())["status"] == "running"
+
+        os.kill(again, signal.SIGKILL)
+        assert await supervisor.wait(TIMEOUT) == 1
+        assert "after 1 restarts within 60 s (server.worker_restarts): giving up" in (
+            supervisor.log()
+        )
+        assert f"(pid {again}) exited with status -9 while serving" in supervisor.log()
+
+
+async def test_without_restarts_a_worker_that_dies_stops_the_others_and_the_supervisor_fails(
+    tmp_path: Path, pg_database: Database
+) -> None:
+    async with (
+        workers(tmp_path, pg_database, server_worker_restarts="0") as supervisor,
+        AsyncExitStack() as stack,
+    ):
         killed, other = list(await one_per_worker(stack, supervisor.url))
         os.kill(killed, signal.SIGKILL)
         assert await supervisor.wait(TIMEOUT) == 1
         assert not alive(other)
         assert f"(pid {killed}) exited with status -9 while serving" in supervisor.log()
+        assert "restarting it" not in supervisor.log()
 
 
 async def test_a_worker_that_cannot_start_fails_the_start(

@@ -12,20 +12,22 @@ this needs `storage.backend = "postgres"` (README "Running several processes").
 
 The supervisor is this module's `supervise`: it starts the workers, forwards SIGTERM and
 SIGINT to them (each stops gracefully within `server.shutdown_grace_seconds`, a second
-signal forces it, as for one process), and restarts nothing. A worker that dies is
-logged and the others are stopped, and the supervisor exits 1, so the process manager
-(systemd, a container runtime) sees the failure and restarts the whole: a worker
-started alone next to running ones would run the start's recovery, which today ends
-every generation the database holds as running, its siblings' included (leases, issue
-13 item 4, are what would let one process be restarted alone).
+signal forces it, as for one process), and restarts a worker that dies while serving,
+with an error line: at most `server.worker_restarts` within RESTART_WINDOW_SECONDS, and
+past that it stops the others and exits 1, so the process manager (systemd, a container
+runtime) sees a failure that restarting one worker does not cure. A worker started next
+to running ones is safe on postgres, the one backend with several workers: the start's
+recovery ends only generations whose lease lapsed (generation/lifecycle.py `recover`),
+not its siblings', and the dead worker's are ended by a live process's lease reaper.
 
 The handshake, over two pipes per worker (the worker's end named by `--worker-pipes`):
 the worker sets its app up (storage opened, stale sessions closed, generations left
 running recovered) and writes SET_UP; when every worker has, the supervisor writes GO
 and each starts listening and writes LISTENING. So no worker takes a request before
 every worker's recovery is done, and one that cannot start (PostgreSQL unreachable)
-fails the start before any listens. The supervisor keeps its end of GO open: a worker
-that reads its end of file afterwards (the supervisor was killed) stops on its own.
+fails the start before any listens. A restarted worker goes through the same steps on
+its own. The supervisor keeps its end of GO open until the worker has exited: a worker
+that reads its end of file (the supervisor was killed) stops on its own, and warns.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -49,6 +53,8 @@ LISTENING: Final = b"l"
 # Beyond the grace each worker keeps for itself, for the interpreter to exit.
 EXIT_MARGIN_SECONDS: Final = 5.0
 EXIT_FAILED: Final = 1
+# server.worker_restarts counts the restarts within this much time.
+RESTART_WINDOW_SECONDS: Final = 60.0
 WORKER_PIPES_OPTION: Final = "--worker-pipes"
 
 
@@ -112,11 +118,26 @@ class _Worker:
     process: asyncio.subprocess.Process
     status: asyncio.StreamReader
     transports: list[asyncio.BaseTransport]
-    control: int  # the supervisor's end of GO
+    control: int  # the supervisor's end of GO; -1 once closed
+    told_go: bool = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def go(self) -> None:
+        os.write(self.control, GO)
+        self.told_go = True
+
+    def close_control(self) -> None:
+        if self.control >= 0:
+            os.close(self.control)
+            self.control = -1
+
+    def close(self) -> None:
+        self.close_control()
+        for transport in self.transports:
+            transport.close()
 
     async def says(self, word: bytes) -> bool:
         """Whether the worker wrote `word` (False: it closed its end, and has exited)."""
@@ -157,9 +178,12 @@ class _Supervisor:
         self._count = count
         self.workers: list[_Worker] = []
         self._signalled = asyncio.Event()
+        self._signal = signal.SIGTERM
+        self._restarts: deque[float] = deque()  # when each restart within the window was
 
     def on_signal(self, sig: signal.Signals) -> None:
         self._signalled.set()
+        self._signal = sig
         for worker in self.workers:
             if worker.process.returncode is None:
                 worker.process.send_signal(sig)
@@ -167,11 +191,11 @@ class _Supervisor:
     async def run(self) -> int:
         for number in range(1, self._count + 1):
             self.workers.append(await _start_worker(number, self._module, self._argv))
-        if not await self._all_say(SET_UP):
+        if not await self._all_say(self.workers, SET_UP):
             return await self._stop_all("before it was set up")
         for worker in self.workers:
-            os.write(worker.control, GO)
-        if not await self._all_say(LISTENING):
+            worker.go()
+        if not await self._all_say(self.workers, LISTENING):
             return await self._stop_all("before it was listening")
         server = self._settings.server
         log.info(
@@ -181,18 +205,65 @@ class _Supervisor:
             server.port,
             ", ".join(str(w.pid) for w in self.workers),
         )
-        watching = [asyncio.create_task(w.process.wait()) for w in self.workers]
-        watching.append(asyncio.create_task(self._signalled.wait()))
-        _, pending = await asyncio.wait(watching, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        while (dead := await self._first_exit()) is not None and self._may_restart():
+            log.error(
+                "genstream: worker %d (pid %d) exited with status %d while serving: restarting it",
+                dead.number,
+                dead.pid,
+                dead.process.returncode,
+            )
+            await self._restart(dead)
+        if dead is not None and self._settings.server.worker_restarts:
+            log.error(
+                "genstream: worker %d died after %d restarts within %g s "
+                "(server.worker_restarts): giving up",
+                dead.number,
+                len(self._restarts),
+                RESTART_WINDOW_SECONDS,
+            )
         return await self._stop_all("while serving")
 
-    async def _all_say(self, word: bytes) -> bool:
-        """Every worker says `word`, unless one exits first or a signal comes."""
+    async def _first_exit(self) -> _Worker | None:
+        """The first worker to exit while serving; None once a signal came."""
+        exits = {asyncio.create_task(w.process.wait()): w for w in self.workers}
+        signalled = asyncio.create_task(self._signalled.wait())
+        done, pending = await asyncio.wait([signalled, *exits], return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if self._signalled.is_set():
+            return None
+        return next(exits[task] for task in done if task in exits)
+
+    def _may_restart(self) -> bool:
+        """Whether a restart now stays within server.worker_restarts; counted if so."""
+        now = time.monotonic()
+        while self._restarts and self._restarts[0] <= now - RESTART_WINDOW_SECONDS:
+            self._restarts.popleft()
+        if len(self._restarts) >= self._settings.server.worker_restarts:
+            return False
+        self._restarts.append(now)
+        return True
+
+    async def _restart(self, dead: _Worker) -> None:
+        """Start a worker in the dead one's place, through the same handshake. One that
+        exits before it listens is the next `_first_exit`."""
+        dead.close()
+        worker = await _start_worker(dead.number, self._module, self._argv)
+        self.workers[self.workers.index(dead)] = worker
+        if self._signalled.is_set():  # came while it started: on_signal did not see it
+            worker.process.send_signal(self._signal)
+            return
+        if not await self._all_say([worker], SET_UP):
+            return
+        worker.go()
+        if await self._all_say([worker], LISTENING):
+            log.info("genstream: worker %d restarted (pid %d)", worker.number, worker.pid)
+
+    async def _all_say(self, workers: Sequence[_Worker], word: bytes) -> bool:
+        """Every one of `workers` says `word`, unless one exits first or a signal comes."""
         signalled = asyncio.create_task(self._signalled.wait())
         pending: set[asyncio.Task[bool]] = {signalled}
-        pending.update(asyncio.create_task(w.says(word)) for w in self.workers)
+        pending.update(asyncio.create_task(w.says(word)) for w in workers)
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             said = signalled not in done and all(task.result() for task in done)
@@ -222,7 +293,8 @@ class _Supervisor:
     async def _wait_all(self) -> int:
         """Wait for every worker (within its grace, then kill it); 0 if all exited 0."""
         for worker in self.workers:
-            os.close(worker.control)  # a worker still waiting for GO aborts its start
+            if not worker.told_go:
+                worker.close_control()  # a worker still waiting for GO aborts its start
         limit = self._settings.server.shutdown_grace_seconds + EXIT_MARGIN_SECONDS
         codes: list[int] = []
         for worker in self.workers:
@@ -235,8 +307,9 @@ class _Supervisor:
                 )
                 worker.process.kill()
                 codes.append(await worker.process.wait())
-            for transport in worker.transports:
-                transport.close()
+            # Its GO pipe only now: a worker that reads its end while it stops would take
+            # it for the supervisor's death, and warn of it, on every normal stop.
+            worker.close()
         if any(codes):
             log.error("genstream: workers exited with status %s", ", ".join(map(str, codes)))
         # One status for all (0, or 130 after a second signal), else a failure.
