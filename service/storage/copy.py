@@ -32,7 +32,7 @@ import asyncpg
 
 from service.config import redacted
 from service.protocol import ACTIVE_STATUSES
-from service.storage import sqlite
+from service.storage import common, sqlite
 from service.storage.interface import StorageError
 from service.storage.postgres import DRIVER_ERRORS, PostgresStorage
 
@@ -73,10 +73,10 @@ class _Table:
 # Parents before children (messages, generations and files reference projects).
 TABLES: Final = (
     _Table("projects", "id, name, created_at", "created_at, id"),
-    _Table("generations", sqlite._GENERATION_COLUMNS, "created_at, id", _generation),
-    _Table("messages", sqlite._MESSAGE_COLUMNS, "rowid"),
+    _Table("generations", common.GENERATION_COLUMNS, "created_at, id", _generation),
+    _Table("messages", common.MESSAGE_COLUMNS, "rowid"),
     _Table("files", "project_id, path, content, size, sha256, generation_id, updated_at", "rowid"),
-    _Table("events", sqlite._EVENT_COLUMNS, "id", _event),
+    _Table("events", common.EVENT_COLUMNS, "id", _event),
     _Table(
         "stream_sessions",
         "id, key, project_id, generation_id, peer, user_agent, cursor, started_at, ended_at, "

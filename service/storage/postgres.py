@@ -49,12 +49,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any, Final, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -62,7 +60,16 @@ import orjson
 from service.config import redacted
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
-from service.protocol import ACTIVE_STATUSES
+from service.storage.common import (
+    ACTIVE,
+    EVENT_COLUMNS,
+    GENERATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    PROJECT_VIEW,
+    generation_row,
+    project_row,
+    translating,
+)
 from service.storage.interface import (
     Duplicate,
     FileInfo,
@@ -203,14 +210,6 @@ LISTEN_RETRY_MAX_SECONDS: Final = 2.0
 LISTEN_CHECK_SECONDS: Final = 5.0
 LISTEN_CHECK_TIMEOUT_SECONDS: Final = 5.0
 
-# The active statuses as an SQL list: ('pending', 'running').
-_ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
-
-_GENERATION_COLUMNS: Final = (
-    "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
-    "error_code, error_message, retryable, usage, timings, provider, model, "
-    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
-)
 _GENERATION_FIELDS: Final = frozenset(
     {
         "status",
@@ -226,22 +225,8 @@ _GENERATION_FIELDS: Final = frozenset(
     }
 )
 _JSON_FIELDS: Final = frozenset({"usage", "timings"})
-# A project with its active generation and its newest event id, as one statement: one
-# read, so one snapshot.
-_PROJECT_VIEW: Final = (
-    "SELECT p.id AS p_id, p.name AS p_name, p.created_at AS p_created_at, "
-    "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
-    + ", ".join(f"g.{column.strip()}" for column in _GENERATION_COLUMNS.split(","))
-    + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
-    f"WHERE a.project_id = p.id AND a.status IN {_ACTIVE} "
-    "ORDER BY a.created_at DESC LIMIT 1)"
-)
-_GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = $1"
+_GENERATION_BY_ID: Final = f"SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
 _PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = $1"
-_MESSAGE_COLUMNS: Final = (
-    "id, project_id, generation_id, role, status, content, created_at, updated_at"
-)
-_EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 # Ids and rows in one statement (one round trip, atomic even in autocommit): the counter
 # moves by the number of events, under its row lock; each event's data is built here
 # as Encoded.seal builds it ('{"id":N,' then the rest), so the stored bytes and the
@@ -256,7 +241,7 @@ _INSERT_EVENTS: Final = f"""
         UPDATE event_log_head SET last_event_id = last_event_id + cardinality($1::text[])
         RETURNING last_event_id - cardinality($1::text[]) AS base
     ), inserted AS (
-        INSERT INTO events ({_EVENT_COLUMNS})
+        INSERT INTO events ({EVENT_COLUMNS})
         SELECT head.base + e.n, e.project_id, e.generation_id, e.type, e.ts,
                convert_to('{{"id":' || (head.base + e.n)::text || ',', 'UTF8') || e.rest
         FROM head, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
@@ -292,10 +277,6 @@ RACED_CONSTRAINTS: Final = frozenset(
     {"generations_project_id_client_request_id_key", "generations_one_active"}
 )
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_C = TypeVar("_C", bound=type)
-
 # What asyncpg raises for a database failure: the server's errors (PostgresError), a
 # connection closed or misused (InterfaceError, InternalClientError), the network (OSError,
 # TimeoutError among them).
@@ -307,29 +288,10 @@ DRIVER_ERRORS: Final = (
 )
 
 
-def _translate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    @functools.wraps(method)
-    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return await method(*args, **kwargs)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name not in RACED_CONSTRAINTS:
-                raise StorageError(_message(exc)) from exc
-            raise Duplicate(exc.constraint_name, _message(exc)) from exc
-        except DRIVER_ERRORS as exc:
-            raise StorageError(_message(exc)) from exc
-
-    return translated
-
-
-def _translating(cls: _C) -> _C:
-    """asyncpg's exceptions stop at this backend's boundary: every public coroutine of
-    `cls` raises StorageError for a database failure, so no caller imports asyncpg."""
-    for name, member in list(vars(cls).items()):
-        public = not name.startswith("_") and inspect.isfunction(member)
-        if public and inspect.iscoroutinefunction(member):
-            setattr(cls, name, _translate(member))
-    return cls
+def _translate(exc: BaseException) -> StorageError | None:
+    if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name in RACED_CONSTRAINTS:
+        return Duplicate(exc.constraint_name, _message(exc))
+    return StorageError(_message(exc)) if isinstance(exc, DRIVER_ERRORS) else None
 
 
 def _message(exc: BaseException) -> str:
@@ -356,7 +318,7 @@ async def _insert_events(conn: asyncpg.Connection, encoded: Sequence[Encoded]) -
     return [item.seal(int(base) + offset) for offset, item in enumerate(encoded, start=1)]
 
 
-@_translating
+@translating(_translate)
 class PostgresStorage:
     def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
         self._url = url
@@ -431,26 +393,26 @@ class PostgresStorage:
         return True
 
     async def project(self, project_id: str) -> ProjectRow | None:
-        row = await self._readers.fetchrow(f"{_PROJECT_VIEW} WHERE p.id = $1", project_id)
-        return _project_row(row) if row else None
+        row = await self._readers.fetchrow(f"{PROJECT_VIEW} WHERE p.id = $1", project_id)
+        return project_row(row) if row else None
 
     async def projects(self) -> list[ProjectRow]:
-        rows = await self._readers.fetch(f"{_PROJECT_VIEW} ORDER BY p.created_at, p.id")
-        return [_project_row(row) for row in rows]
+        rows = await self._readers.fetch(f"{PROJECT_VIEW} ORDER BY p.created_at, p.id")
+        return [project_row(row) for row in rows]
 
     async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._readers.fetchrow(_GENERATION_BY_ID, generation_id)
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def active_generation_ids(self) -> list[str]:
         rows = await self._readers.fetch(
-            f"SELECT id FROM generations WHERE status IN {_ACTIVE} ORDER BY created_at, id"
+            f"SELECT id FROM generations WHERE status IN {ACTIVE} ORDER BY created_at, id"
         )
         return [row["id"] for row in rows]
 
     async def messages(self, project_id: str) -> list[MessageRow]:
         rows = await self._readers.fetch(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE project_id = $1 "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE project_id = $1 "
             "ORDER BY created_at, seq",
             project_id,
         )
@@ -492,7 +454,7 @@ class PostgresStorage:
             )
         )
         rows = await self._readers.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {column} = $1 AND id > $2 "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {column} = $1 AND id > $2 "
             "ORDER BY id LIMIT $3",
             key,
             after,
@@ -511,7 +473,7 @@ class PostgresStorage:
 
     async def lapsed_generation_ids(self) -> list[str]:
         rows = await self._readers.fetch(
-            f"SELECT id FROM generations WHERE status IN {_ACTIVE} AND {_LAPSED} "
+            f"SELECT id FROM generations WHERE status IN {ACTIVE} AND {_LAPSED} "
             "ORDER BY created_at, id"
         )
         return [row["id"] for row in rows]
@@ -519,7 +481,7 @@ class PostgresStorage:
     async def cancel_requests(self, owner: str) -> list[str]:
         rows = await self._readers.fetch(
             f"SELECT id FROM generations WHERE owner = $1 AND cancel_requested "
-            f"AND status IN {_ACTIVE}",
+            f"AND status IN {ACTIVE}",
             owner,
         )
         return [row["id"] for row in rows]
@@ -534,7 +496,7 @@ class PostgresStorage:
         before it (`max_event_id`) has committed (the module's docstring), and this
         statement sees what committed before it began (13.2.1), so none is missed."""
         rows = await self._readers.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > $1 AND id <= $2 "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 AND id <= $2 "
             "AND project_id = ANY($3::text[]) ORDER BY id LIMIT $4",
             after,
             upto,
@@ -574,7 +536,7 @@ class PostgresStorage:
             retry = min(retry * 2, LISTEN_RETRY_MAX_SECONDS)
 
 
-@_translating
+@translating(_translate)
 class PostgresTx:
     """Statements run inside the writer loop's open transaction, on the writer connection."""
 
@@ -637,7 +599,7 @@ class PostgresTx:
 
     async def message(self, message_id: str) -> MessageRow | None:
         row = await self._conn.fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
         )
         return MessageRow(**dict(row)) if row else None
 
@@ -655,24 +617,24 @@ class PostgresTx:
         self, project_id: str, client_request_id: str
     ) -> GenerationRow | None:
         row = await self._conn.fetchrow(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            f"SELECT {GENERATION_COLUMNS} FROM generations "
             "WHERE project_id = $1 AND client_request_id = $2",
             project_id,
             client_request_id,
         )
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def active_generation(self, project_id: str) -> GenerationRow | None:
         row = await self._conn.fetchrow(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations "
-            f"WHERE project_id = $1 AND status IN {_ACTIVE} LIMIT 1",
+            f"SELECT {GENERATION_COLUMNS} FROM generations "
+            f"WHERE project_id = $1 AND status IN {ACTIVE} LIMIT 1",
             project_id,
         )
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._conn.fetchrow(_GENERATION_BY_ID, generation_id)
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def insert_generation(
         self,
@@ -778,7 +740,7 @@ class PostgresTx:
         """Delete old events; never those of an active generation, nor the newest one."""
         spare = (
             "(generation_id IS NULL OR generation_id NOT IN "
-            f"(SELECT id FROM generations WHERE status IN {_ACTIVE})) "
+            f"(SELECT id FROM generations WHERE status IN {ACTIVE})) "
             "AND id < (SELECT MAX(id) FROM events)"
         )
         deleted = 0
@@ -830,7 +792,7 @@ class PostgresTx:
     async def holds_lease(self, generation_id: str, owner: str) -> bool:
         await self._conn.execute(_LOCK_LOG)
         row = await self._conn.fetchrow(
-            f"SELECT 1 FROM generations WHERE id = $1 AND owner = $2 AND status IN {_ACTIVE} "
+            f"SELECT 1 FROM generations WHERE id = $1 AND owner = $2 AND status IN {ACTIVE} "
             "AND lease_expires_at > clock_timestamp() FOR UPDATE",
             generation_id,
             owner,
@@ -840,7 +802,7 @@ class PostgresTx:
     async def lease_lapsed(self, generation_id: str) -> bool:
         await self._conn.execute(_LOCK_LOG)
         row = await self._conn.fetchrow(
-            f"SELECT 1 FROM generations WHERE id = $1 AND status IN {_ACTIVE} AND {_LAPSED} "
+            f"SELECT 1 FROM generations WHERE id = $1 AND status IN {ACTIVE} AND {_LAPSED} "
             "FOR UPDATE",
             generation_id,
         )
@@ -856,7 +818,7 @@ class PostgresTx:
         # ending the generation, and this one must write nothing more for it.
         rows = await self._conn.fetch(
             f"UPDATE generations SET lease_expires_at = {_LEASED_UNTIL} "
-            f"WHERE id = ANY($1::text[]) AND owner = $2 AND status IN {_ACTIVE} "
+            f"WHERE id = ANY($1::text[]) AND owner = $2 AND status IN {ACTIVE} "
             "AND lease_expires_at > clock_timestamp() RETURNING id",
             list(generation_ids),
             owner,
@@ -868,7 +830,7 @@ class PostgresTx:
     async def request_cancel(self, generation_id: str) -> None:
         await self._conn.execute(_LOCK_LOG)
         await self._conn.execute(
-            f"UPDATE generations SET cancel_requested = true WHERE id = $1 AND status IN {_ACTIVE}",
+            f"UPDATE generations SET cancel_requested = true WHERE id = $1 AND status IN {ACTIVE}",
             generation_id,
         )
 
@@ -876,45 +838,6 @@ class PostgresTx:
 def _row_count(status: str) -> int:
     """The count in a command tag: 'DELETE 12' is 12."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _project_row(row: asyncpg.Record) -> ProjectRow:
-    # The generation's columns are NULL when the LEFT JOIN found no active generation.
-    return ProjectRow(
-        id=row["p_id"],
-        name=row["p_name"],
-        created_at=row["p_created_at"],
-        active_generation=_generation_row(row) if row["id"] is not None else None,
-        last_event_id=row["p_last_event_id"],
-    )
-
-
-def _generation_row(row: asyncpg.Record) -> GenerationRow:
-    """The columns of _GENERATION_COLUMNS, the JSON ones decoded."""
-    retryable = row["retryable"]
-    return GenerationRow(
-        id=row["id"],
-        project_id=row["project_id"],
-        client_request_id=row["client_request_id"],
-        prompt=row["prompt"],
-        image_urls=tuple(orjson.loads(row["image_urls"])),
-        status=row["status"],
-        stage=row["stage"],
-        progress=row["progress"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        retryable=None if retryable is None else bool(retryable),
-        usage=orjson.loads(row["usage"]) if row["usage"] is not None else None,
-        timings=orjson.loads(row["timings"]) if row["timings"] is not None else None,
-        provider=row["provider"],
-        model=row["model"],
-        user_message_id=row["user_message_id"],
-        assistant_message_id=row["assistant_message_id"],
-        first_event_id=row["first_event_id"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
 
 
 async def _connect(url: str) -> asyncpg.Connection:

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 import aiosqlite
 import orjson
 
 from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
-from service.protocol import ACTIVE_STATUSES
+
+# Tx is the interface's: callers type their transaction functions with it, whichever
+# backend runs them (SqliteTx below is this backend's).
+from service.storage.common import (
+    ACTIVE,
+    EVENT_COLUMNS,
+    GENERATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    PROJECT_VIEW,
+    generation_row,
+    project_row,
+    translating,
+)
 from service.storage.interface import (
     FileInfo,
     FileRow,
@@ -32,9 +42,6 @@ from service.storage.interface import (
     MessageRow,
     ProjectRow,
 )
-
-# Tx is the interface's: callers type their transaction functions with it, whichever
-# backend runs them (SqliteTx below is this backend's).
 from service.storage.interface import StorageError as StorageError
 from service.storage.interface import Tx as Tx
 
@@ -122,60 +129,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-# The active statuses as an SQL list: ('pending', 'running').
-_ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
-
-_GENERATION_COLUMNS: Final = (
-    "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
-    "error_code, error_message, retryable, usage, timings, provider, model, "
-    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
-)
-# A project with its active generation and its newest event id, as one statement: one
-# read, so one snapshot (a view pieced from several reads could mix two moments).
-_PROJECT_VIEW: Final = (
-    "SELECT p.id AS p_id, p.name AS p_name, p.created_at AS p_created_at, "
-    "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
-    + ", ".join(f"g.{column.strip()}" for column in _GENERATION_COLUMNS.split(","))
-    + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
-    f"WHERE a.project_id = p.id AND a.status IN {_ACTIVE} "
-    "ORDER BY a.created_at DESC LIMIT 1)"
-)
-_GENERATION_BY_ID: Final = f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = ?"
+_GENERATION_BY_ID: Final = f"SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ?"
 _PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = ?"
-_MESSAGE_COLUMNS: Final = (
-    "id, project_id, generation_id, role, status, content, created_at, updated_at"
-)
-_EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 # Six values a row; SQLite binds at most 32,766 values in one statement (3.32 and later).
 ROWS_PER_INSERT: Final = 1000
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_C = TypeVar("_C", bound=type)
-
-
-def _translate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    @functools.wraps(method)
-    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return await method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            # The message is SQLite's own ("database is locked"): callers show it.
-            raise StorageError(str(exc)) from exc
-
-    return translated
-
-
-def _translating(cls: _C) -> _C:
-    """SQLite's exceptions stop at this backend's boundary: every public coroutine of
-    `cls` raises StorageError for a database failure, so no caller imports sqlite3."""
-    for name, member in list(vars(cls).items()):
-        # Plain functions only: Storage.open, a classmethod, translates for itself.
-        public = not name.startswith("_") and inspect.isfunction(member)
-        if public and inspect.iscoroutinefunction(member):
-            setattr(cls, name, _translate(member))
-    return cls
+def _translate(exc: BaseException) -> StorageError | None:
+    # The message is SQLite's own ("database is locked"): callers show it.
+    return StorageError(str(exc)) if isinstance(exc, sqlite3.Error) else None
 
 
 async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
@@ -301,7 +263,7 @@ class _Readers:
             await connection.close()
 
 
-@_translating
+@translating(_translate)
 class Storage:
     def __init__(
         self, writer: aiosqlite.Connection, readers: Sequence[aiosqlite.Connection], last_id: int
@@ -390,7 +352,7 @@ class Storage:
         rows = ", ".join(("(?, ?, ?, ?, ?, ?)",) * len(events))
         try:
             await self._writer.execute(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {rows}", values
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES {rows}", values
             )
         except BaseException:
             self._ids.restore()
@@ -422,26 +384,26 @@ class Storage:
         return True
 
     async def project(self, project_id: str) -> ProjectRow | None:
-        rows = await self._all(f"{_PROJECT_VIEW} WHERE p.id = ?", (project_id,))
-        return _project_row(rows[0]) if rows else None
+        rows = await self._all(f"{PROJECT_VIEW} WHERE p.id = ?", (project_id,))
+        return project_row(rows[0]) if rows else None
 
     async def projects(self) -> list[ProjectRow]:
-        rows = await self._all(f"{_PROJECT_VIEW} ORDER BY p.created_at, p.id")
-        return [_project_row(row) for row in rows]
+        rows = await self._all(f"{PROJECT_VIEW} ORDER BY p.created_at, p.id")
+        return [project_row(row) for row in rows]
 
     async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._one(_GENERATION_BY_ID, (generation_id,))
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def active_generation_ids(self) -> list[str]:
         rows = await self._all(
-            f"SELECT id FROM generations WHERE status IN {_ACTIVE} ORDER BY created_at"
+            f"SELECT id FROM generations WHERE status IN {ACTIVE} ORDER BY created_at"
         )
         return [row["id"] for row in rows]
 
     async def messages(self, project_id: str) -> list[MessageRow]:
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE project_id = ? "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE project_id = ? "
             "ORDER BY created_at, rowid",
             (project_id,),
         )
@@ -475,13 +437,13 @@ class Storage:
     ) -> list[Event]:
         if generation_id is None:
             sql = (
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = ? AND id > ? "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE project_id = ? AND id > ? "
                 "ORDER BY id LIMIT ?"
             )
             params: tuple[Any, ...] = (project_id, after, limit)
         else:
             sql = (
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE generation_id = ? AND id > ? "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = ? AND id > ? "
                 "ORDER BY id LIMIT ?"
             )
             params = (generation_id, after, limit)
@@ -509,7 +471,7 @@ class Storage:
         return []
 
 
-@_translating
+@translating(_translate)
 class SqliteTx:
     """Statements run inside the writer loop's open transaction."""
 
@@ -551,7 +513,7 @@ class SqliteTx:
     async def insert_events(self, encoded: Sequence[Encoded]) -> list[Event]:
         events = self._ids.seal(encoded)
         await self._conn.executemany(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [(e.id, e.project_id, e.generation_id, e.type, e.ts, e.data) for e in events],
         )
         return events
@@ -582,9 +544,7 @@ class SqliteTx:
         )
 
     async def message(self, message_id: str) -> MessageRow | None:
-        row = await self._one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-        )
+        row = await self._one(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
         return MessageRow(**dict(row)) if row else None
 
     async def update_message(self, message_id: str, status: str, content: str | None) -> None:
@@ -598,23 +558,23 @@ class SqliteTx:
         self, project_id: str, client_request_id: str
     ) -> GenerationRow | None:
         row = await self._one(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations "
+            f"SELECT {GENERATION_COLUMNS} FROM generations "
             "WHERE project_id = ? AND client_request_id = ?",
             (project_id, client_request_id),
         )
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def active_generation(self, project_id: str) -> GenerationRow | None:
         row = await self._one(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations "
-            f"WHERE project_id = ? AND status IN {_ACTIVE} LIMIT 1",
+            f"SELECT {GENERATION_COLUMNS} FROM generations "
+            f"WHERE project_id = ? AND status IN {ACTIVE} LIMIT 1",
             (project_id,),
         )
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def generation(self, generation_id: str) -> GenerationRow | None:
         row = await self._one(_GENERATION_BY_ID, (generation_id,))
-        return _generation_row(row) if row else None
+        return generation_row(row) if row else None
 
     async def insert_generation(
         self,
@@ -718,7 +678,7 @@ class SqliteTx:
         (it carries the id the next process counts on from)."""
         spare = (
             "(generation_id IS NULL OR generation_id NOT IN "
-            f"(SELECT id FROM generations WHERE status IN {_ACTIVE})) "
+            f"(SELECT id FROM generations WHERE status IN {ACTIVE})) "
             "AND id < (SELECT MAX(id) FROM events)"
         )
         deleted = 0
@@ -768,45 +728,6 @@ class SqliteTx:
 
     async def request_cancel(self, generation_id: str) -> None:
         return None
-
-
-def _project_row(row: sqlite3.Row) -> ProjectRow:
-    # The generation's columns are NULL when the LEFT JOIN found no active generation.
-    return ProjectRow(
-        id=row["p_id"],
-        name=row["p_name"],
-        created_at=row["p_created_at"],
-        active_generation=_generation_row(row) if row["id"] is not None else None,
-        last_event_id=row["p_last_event_id"],
-    )
-
-
-def _generation_row(row: sqlite3.Row) -> GenerationRow:
-    """The columns of _GENERATION_COLUMNS, the JSON ones decoded."""
-    retryable = row["retryable"]
-    return GenerationRow(
-        id=row["id"],
-        project_id=row["project_id"],
-        client_request_id=row["client_request_id"],
-        prompt=row["prompt"],
-        image_urls=tuple(orjson.loads(row["image_urls"])),
-        status=row["status"],
-        stage=row["stage"],
-        progress=row["progress"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        retryable=None if retryable is None else bool(retryable),
-        usage=orjson.loads(row["usage"]) if row["usage"] else None,
-        timings=orjson.loads(row["timings"]) if row["timings"] else None,
-        provider=row["provider"],
-        model=row["model"],
-        user_message_id=row["user_message_id"],
-        assistant_message_id=row["assistant_message_id"],
-        first_event_id=row["first_event_id"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
