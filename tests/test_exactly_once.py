@@ -28,15 +28,6 @@ POLLERS = 6
 # Each client cuts its stream after this many events, then resumes at once.
 CUT_AFTER = (20, 80)
 TIMEOUT = 60.0
-# Found by running this test on postgres (issue 13 item 8), not fixed yet: not run there,
-# as it would only wait out TIMEOUT twice.
-POSTGRES_STALL = (
-    "on postgres the journal writer stalls for good: Journal._run_job awaits `SAVEPOINT job` "
-    "on the writer connection while PostgreSQL shows that backend idle in transaction "
-    "(ClientRead) after the session-close UPDATE, and clients have been sent an event id "
-    "that /events never shows; only with the pollers' pool reads beside the 30 resuming "
-    "streams (without pollers it passes), reproduced on d2bbb25"
-)
 
 
 async def _client(
@@ -95,8 +86,6 @@ async def _sessions(store: Store) -> list[dict[str, Any]]:
 async def test_many_resuming_clients_with_pollers_each_get_the_log_exactly(
     make_server: MakeServer, store: Store, seed: int
 ) -> None:
-    if store.postgres:
-        pytest.xfail(POSTGRES_STALL)
     rng = random.Random(seed)
     gs = await make_server(offline={"tokens_per_second": 3000})
     project_ids = [await gs.new_project(f"p{n}") for n in range(PROJECTS)]
