@@ -204,3 +204,23 @@ async def test_a_generation_runs_end_to_end_on_postgres(
     assert files and all(f["size"] > 0 for f in files)
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
+async def test_a_commit_that_rolled_back_an_aborted_transaction_is_a_failure(
+    pg_database: Database,
+) -> None:
+    # PostgreSQL answers COMMIT of an aborted transaction with the tag ROLLBACK and no
+    # error: the journal, which publishes once commit returns, must hear a failure.
+    storage = await PostgresStorage.open(pg_database.url)
+    try:
+        await _with_project(storage, PROJECT)
+        tx = storage.transaction()
+        await tx.begin()
+        (event,) = await tx.insert_events([encode(draft(n=1))])
+        with pytest.raises(StorageError):
+            await tx.insert_project(PROJECT, PROJECT, 1)  # a duplicate key aborts it
+        with pytest.raises(StorageError, match="rolled back"):
+            await tx.commit()
+        assert await storage.max_event_id() == event.id - 1  # nothing was stored
+    finally:
+        await storage.close()

@@ -552,7 +552,15 @@ class PostgresTx:
         await (await self._storage._writing()).execute("BEGIN")
 
     async def commit(self) -> None:
-        await self._conn.execute("COMMIT")
+        # A COMMIT of a transaction an error aborted rolls it back and says so only in
+        # its command tag: "in an aborted transaction, a COMMIT command returns a command
+        # tag of the form ROLLBACK" (https://www.postgresql.org/docs/current/sql-commit.html,
+        # Outputs), and asyncpg returns the tag without raising. The journal publishes
+        # after commit returns, so a rolled-back batch would reach clients as events the
+        # log never stored: a failure, like any refused write.
+        status = await self._conn.execute("COMMIT")
+        if status != "COMMIT":
+            raise StorageError(f"the transaction was rolled back, not committed ({status})")
 
     async def rollback(self) -> None:
         # Nothing open (committed already, or the connection lost with its transaction):
