@@ -224,49 +224,68 @@ class _ChunkAppends:
         self._journal = journal
         self._run = run
         self._waiting: list[Draft] = []
+        # The append being committed; once done, it stays here only if it was refused.
         self._in_flight: asyncio.Future[list[Event]] | None = None
+        self._closed = False
 
     def add(self, new: list[Draft]) -> None:
-        """Queue these events; append them now unless the previous append is still
-        being committed. Raises what refused the previous append."""
-        self._waiting.extend(new)
-        if self._in_flight is not None:
-            if not self._in_flight.done():
-                return
+        """Queue these events: appended now if no append is being committed, else as
+        soon as it is. Raises what refused an earlier append."""
+        if self._in_flight is not None and self._in_flight.done():
             self._in_flight.result()
-        self._send()
+        self._waiting.extend(new)
+        if self._in_flight is None:
+            self._send()
 
     async def flush(self) -> None:
         """Every event added so far committed (or the refusal raised)."""
-        for _ in range(2):  # the one in flight, then what waited behind it
-            if self._in_flight is not None:
-                await self._in_flight
+        while self._in_flight is not None or self._waiting:
+            if self._in_flight is None:
+                self._send()
+            future = self._in_flight
+            assert future is not None
+            await future
+            if self._in_flight is future:
                 self._in_flight = None
-            self._send()
 
     def hand_over(self) -> None:
         """On the way out (a failure, a cancel): what was added still goes to the
         journal, as an append handed over before a cancel did; nobody waits for it here
         (the run's end, queued after it, says how the run ended). Not after a refused
         append: a refusal stops the run there, as before."""
+        self._closed = True
+        future = self._in_flight
         refused = (
-            self._in_flight is not None
-            and self._in_flight.done()
-            and not self._in_flight.cancelled()
-            and self._in_flight.exception() is not None
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is not None
         )
-        if not refused:
-            self._send()
-        if self._in_flight is not None:
-            self._in_flight.add_done_callback(_retrieved)
-            self._in_flight = None
+        if self._waiting and not refused:
+            self._journal.append(*self._waiting, check=self._run.guard).add_done_callback(
+                _retrieved
+            )
+        if future is not None:
+            future.add_done_callback(_retrieved)
         self._waiting = []
+        self._in_flight = None
 
     def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        future = self._journal.append(*batch, check=self._run.guard)
+        self._in_flight = future
+        future.add_done_callback(self._sent)
+
+    def _sent(self, future: asyncio.Future[list[Event]]) -> None:
+        """The append committed: what waited behind it goes now, not at the next chunk
+        (the model may be silent for a while: its text so far must reach the clients)."""
+        if self._closed or future is not self._in_flight:
+            return
+        if future.cancelled() or future.exception() is not None:
+            return  # refused: kept, raised at the next add or flush
         self._in_flight = None
         if self._waiting:
-            batch, self._waiting = self._waiting, []
-            self._in_flight = self._journal.append(*batch, check=self._run.guard)
+            self._send()
 
 
 def _retrieved(future: asyncio.Future[list[Event]]) -> None:
