@@ -358,3 +358,71 @@ class StorageContract:
                 background.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await background
+
+    # -- pipelines: a generation's pipeline and inputs, a project's default -----------------
+
+    async def test_a_generation_keeps_its_pipeline_and_inputs(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        inputs = {"visitor_id": "v-1", "nested": {"list": [1, "two", None]}, "ünï": "😀"}
+
+        async def submit(tx: Tx, emit: Emit) -> None:
+            first = await emit(draft(PROJECT, "gen_page", step="created"))
+            await tx.insert_generation(
+                generation_id="gen_page",
+                project_id=PROJECT,
+                client_request_id=None,
+                prompt="a page",
+                image_urls=[],
+                provider="offline",
+                model="offline",
+                user_message_id="msg_u",
+                assistant_message_id="msg_a",
+                first_event_id=first.id,
+                at=1,
+                pipeline="page",
+                inputs=inputs,
+            )
+
+        async with asyncio.timeout(TIMEOUT):
+            await journal.transact(submit)
+            await journal.transact(submit_job(OTHER, None))  # names no pipeline
+            row = await storage.generation("gen_page")
+            assert row is not None and (row.pipeline, row.inputs) == ("page", inputs)
+            project = await storage.project(PROJECT)
+            assert project is not None and project.active_generation is not None
+            assert project.active_generation.inputs == inputs
+            (other,) = [p for p in await storage.projects() if p.id == OTHER]
+            assert other.active_generation is not None
+            assert (other.active_generation.pipeline, other.active_generation.inputs) == (
+                "code",
+                {},
+            )
+
+    async def test_a_project_has_a_default_pipeline_to_set_and_clear(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async def create(tx: Tx, emit: Emit) -> None:
+            await tx.insert_project("prj_scenes", "scenes", 1, pipeline="scenes")
+
+        def setting(pipeline: str | None) -> TxFunction[None]:
+            async def write(tx: Tx, emit: Emit) -> None:
+                await tx.set_project_pipeline(PROJECT, pipeline)
+
+            return write
+
+        async with asyncio.timeout(TIMEOUT):
+            await journal.transact(create)
+            made = await storage.project("prj_scenes")
+            assert made is not None and made.pipeline == "scenes"
+            plain = await storage.project(PROJECT)
+            assert plain is not None and plain.pipeline is None
+            await journal.transact(setting("page"))
+            assert {p.id: p.pipeline for p in await storage.projects()} == {
+                OTHER: None,
+                PROJECT: "page",
+                "prj_scenes": "scenes",
+            }
+            await journal.transact(setting(None))
+            cleared = await storage.project(PROJECT)
+            assert cleared is not None and cleared.pipeline is None

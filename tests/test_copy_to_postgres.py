@@ -6,6 +6,7 @@ the copied ones; and a copy that fails leaves the target as it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import sys
@@ -81,6 +82,17 @@ async def build(server: ServerProcess) -> dict[str, Any]:
     return {"projects": [first, second], "generations": generations}
 
 
+def give_pipelines(db: Path, built: dict[str, Any]) -> None:
+    """A project's default pipeline and a generation's inputs, set in the file (the API
+    of this version sets neither), so the copy has values other than the defaults."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE projects SET pipeline = 'page' WHERE id = ?", (built["projects"][0],))
+        conn.execute(
+            "UPDATE generations SET pipeline = 'page', inputs = ? WHERE id = ?",
+            (orjson.dumps({"visitor_id": "v-1", "n": [1, 2]}), built["generations"][0]),
+        )
+
+
 async def answers(server: ServerProcess, built: dict[str, Any]) -> dict[str, Any]:
     """Every read of the API over what `build` made, parsed, and /events as bytes."""
     seen: dict[str, Any] = {"projects": await server.json("GET", "/api/projects")}
@@ -114,7 +126,10 @@ async def test_a_copy_serves_the_same_answers_cursors_and_ids(
     db = tmp_path / "genstream.db"
     async with server_process(tmp_path) as lite:
         built = await build(lite)
+        give_pipelines(db, built)
         before = await answers(lite, built)
+        assert before[built["generations"][0]]["inputs"] == {"visitor_id": "v-1", "n": [1, 2]}
+        assert before[built["projects"][0]]["pipeline"] == "page"
         project = built["projects"][0]
         events = await lite.events(project)
         last = events[-1]["id"]

@@ -23,8 +23,10 @@ ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUS
 GENERATION_COLUMNS: Final = (
     "id, project_id, client_request_id, prompt, image_urls, status, stage, progress, "
     "error_code, error_message, retryable, usage, timings, provider, model, "
-    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at"
+    "user_message_id, assistant_message_id, first_event_id, created_at, started_at, finished_at, "
+    "pipeline, inputs"
 )
+PROJECT_COLUMNS: Final = "id, name, created_at, pipeline"
 MESSAGE_COLUMNS: Final = (
     "id, project_id, generation_id, role, status, content, created_at, updated_at"
 )
@@ -33,6 +35,7 @@ EVENT_COLUMNS: Final = "id, project_id, generation_id, type, ts, data"
 # read, so one snapshot (a view pieced from several reads could mix two moments).
 PROJECT_VIEW: Final = (
     "SELECT p.id AS p_id, p.name AS p_name, p.created_at AS p_created_at, "
+    "p.pipeline AS p_pipeline, "
     "(SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.project_id = p.id) AS p_last_event_id, "
     + ", ".join(f"g.{column.strip()}" for column in GENERATION_COLUMNS.split(","))
     + " FROM projects p LEFT JOIN generations g ON g.id = (SELECT a.id FROM generations a "
@@ -56,6 +59,7 @@ def project_row(row: Columns) -> ProjectRow:
         created_at=row["p_created_at"],
         active_generation=generation_row(row) if row["id"] is not None else None,
         last_event_id=row["p_last_event_id"],
+        pipeline=row["p_pipeline"],
     )
 
 
@@ -84,6 +88,8 @@ def generation_row(row: Columns) -> GenerationRow:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        pipeline=row["pipeline"],
+        inputs=orjson.loads(row["inputs"]),
     )
 
 

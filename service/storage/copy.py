@@ -46,12 +46,24 @@ def _json_text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _index(columns: str, name: str) -> int:
+    return [column.strip() for column in columns.split(",")].index(name)
+
+
+# Where the JSON columns and retryable are in a row of GENERATION_COLUMNS, found by
+# name: a migration that adds a column moves no index here.
+_GENERATION_JSON: Final = tuple(
+    _index(common.GENERATION_COLUMNS, name) for name in ("image_urls", "usage", "timings", "inputs")
+)
+_RETRYABLE: Final = _index(common.GENERATION_COLUMNS, "retryable")
+
+
 def _generation(row: Row) -> Row:
     values = list(row)
-    for index in (4, 11, 12):  # image_urls, usage, timings
+    for index in _GENERATION_JSON:
         values[index] = _json_text(values[index])
-    if values[10] is not None:  # retryable: SQLite's 0/1, PostgreSQL's boolean
-        values[10] = bool(values[10])
+    if values[_RETRYABLE] is not None:  # SQLite's 0/1, PostgreSQL's boolean
+        values[_RETRYABLE] = bool(values[_RETRYABLE])
     return tuple(values)
 
 
@@ -72,7 +84,7 @@ class _Table:
 
 # Parents before children (messages, generations and files reference projects).
 TABLES: Final = (
-    _Table("projects", "id, name, created_at", "created_at, id"),
+    _Table("projects", common.PROJECT_COLUMNS, "created_at, id"),
     _Table("generations", common.GENERATION_COLUMNS, "created_at, id", _generation),
     _Table("messages", common.MESSAGE_COLUMNS, "rowid"),
     _Table("files", "project_id, path, content, size, sha256, generation_id, updated_at", "rowid"),

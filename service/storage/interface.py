@@ -13,12 +13,16 @@ generation's error object) is the web layer's (service/web/views.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from service.eventlog.event import Encoded, Event
 from service.files import FileRecord
+
+# The pipeline of a generation stored before pipelines existed, and of an insert that
+# names none: the migrations give older rows this one.
+DEFAULT_PIPELINE: Final = "code"
 
 
 class StorageError(Exception):
@@ -60,6 +64,8 @@ class GenerationRow:
     created_at: int
     started_at: int | None
     finished_at: int | None
+    pipeline: str  # the name of the pipeline that runs it ('code' for every older one)
+    inputs: dict[str, Any]  # the submit's inputs object, as validated ({} when none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,7 @@ class ProjectRow:
     created_at: int
     active_generation: GenerationRow | None
     last_event_id: int  # 0 before its first event
+    pipeline: str | None  # its default pipeline; None: the config's
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +132,13 @@ class Tx(Protocol):
         and in commit order within a project. Returns them sealed with those ids."""
         ...
 
-    async def insert_project(self, project_id: str, name: str, created_at: int) -> None: ...
+    async def insert_project(
+        self, project_id: str, name: str, created_at: int, *, pipeline: str | None = None
+    ) -> None: ...
+    async def set_project_pipeline(self, project_id: str, pipeline: str | None) -> None:
+        """Set (or, with None, clear) a project's default pipeline."""
+        ...
+
     async def project_exists(self, project_id: str) -> bool: ...
     async def insert_message(self, message: MessageRow) -> None: ...
     async def message(self, message_id: str) -> MessageRow | None: ...
@@ -149,6 +162,8 @@ class Tx(Protocol):
         assistant_message_id: str,
         first_event_id: int,
         at: int,
+        pipeline: str = DEFAULT_PIPELINE,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None: ...
     async def update_generation(self, generation_id: str, **fields: Any) -> None: ...
     async def upsert_files(

@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -65,12 +65,14 @@ from service.storage.common import (
     EVENT_COLUMNS,
     GENERATION_COLUMNS,
     MESSAGE_COLUMNS,
+    PROJECT_COLUMNS,
     PROJECT_VIEW,
     generation_row,
     project_row,
     translating,
 )
 from service.storage.interface import (
+    DEFAULT_PIPELINE,
     Duplicate,
     FileInfo,
     FileRow,
@@ -179,6 +181,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
     CREATE UNIQUE INDEX generations_one_active ON generations(project_id)
         WHERE status IN ('pending', 'running');
+    """,
+    # 3. Pipelines (issue 14): the pipeline that runs a generation and its inputs object;
+    # a project's default pipeline (NULL: the config's). Every older generation was code's.
+    """
+    ALTER TABLE generations
+        ADD COLUMN pipeline text NOT NULL DEFAULT 'code',
+        ADD COLUMN inputs jsonb NOT NULL DEFAULT '{}'::jsonb;
+    ALTER TABLE projects ADD COLUMN pipeline text;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -580,12 +590,20 @@ class PostgresTx:
     async def insert_events(self, encoded: Sequence[Encoded]) -> list[Event]:
         return await _insert_events(self._conn, encoded)
 
-    async def insert_project(self, project_id: str, name: str, created_at: int) -> None:
+    async def insert_project(
+        self, project_id: str, name: str, created_at: int, *, pipeline: str | None = None
+    ) -> None:
         await self._conn.execute(
-            "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)",
+            f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ($1, $2, $3, $4)",
             project_id,
             name,
             created_at,
+            pipeline,
+        )
+
+    async def set_project_pipeline(self, project_id: str, pipeline: str | None) -> None:
+        await self._conn.execute(
+            "UPDATE projects SET pipeline = $1 WHERE id = $2", pipeline, project_id
         )
 
     async def project_exists(self, project_id: str) -> bool:
@@ -658,11 +676,14 @@ class PostgresTx:
         assistant_message_id: str,
         first_event_id: int,
         at: int,
+        pipeline: str = DEFAULT_PIPELINE,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         await self._conn.execute(
             "INSERT INTO generations (id, project_id, client_request_id, prompt, image_urls, "
             "status, provider, model, user_message_id, assistant_message_id, first_event_id, "
-            "created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11)",
+            "created_at, pipeline, inputs) "
+            "VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13)",
             generation_id,
             project_id,
             client_request_id,
@@ -674,6 +695,8 @@ class PostgresTx:
             assistant_message_id,
             first_event_id,
             at,
+            pipeline,
+            orjson.dumps(inputs or {}).decode(),
         )
 
     async def update_generation(self, generation_id: str, **fields: Any) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,12 +30,14 @@ from service.storage.common import (
     EVENT_COLUMNS,
     GENERATION_COLUMNS,
     MESSAGE_COLUMNS,
+    PROJECT_COLUMNS,
     PROJECT_VIEW,
     generation_row,
     project_row,
     translating,
 )
 from service.storage.interface import (
+    DEFAULT_PIPELINE,
     FileInfo,
     FileRow,
     GenerationRow,
@@ -125,6 +127,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         events_sent INTEGER NOT NULL DEFAULT 0,
         close_reason TEXT
     );
+    """,
+    # 2. Pipelines (issue 14): the pipeline that runs a generation and its inputs object;
+    # a project's default pipeline (NULL: the config's). Every older generation was code's.
+    """
+    ALTER TABLE generations ADD COLUMN pipeline TEXT NOT NULL DEFAULT 'code';
+    ALTER TABLE generations ADD COLUMN inputs BLOB NOT NULL DEFAULT '{}';
+    ALTER TABLE projects ADD COLUMN pipeline TEXT;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -518,10 +527,17 @@ class SqliteTx:
         )
         return events
 
-    async def insert_project(self, project_id: str, name: str, created_at: int) -> None:
+    async def insert_project(
+        self, project_id: str, name: str, created_at: int, *, pipeline: str | None = None
+    ) -> None:
         await self._conn.execute(
-            "INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)",
-            (project_id, name, created_at),
+            f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES (?, ?, ?, ?)",
+            (project_id, name, created_at, pipeline),
+        )
+
+    async def set_project_pipeline(self, project_id: str, pipeline: str | None) -> None:
+        await self._conn.execute(
+            "UPDATE projects SET pipeline = ? WHERE id = ?", (pipeline, project_id)
         )
 
     async def project_exists(self, project_id: str) -> bool:
@@ -590,11 +606,14 @@ class SqliteTx:
         assistant_message_id: str,
         first_event_id: int,
         at: int,
+        pipeline: str = DEFAULT_PIPELINE,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         await self._conn.execute(
             "INSERT INTO generations (id, project_id, client_request_id, prompt, image_urls, "
             "status, provider, model, user_message_id, assistant_message_id, first_event_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            "created_at, pipeline, inputs) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 generation_id,
                 project_id,
@@ -607,6 +626,8 @@ class SqliteTx:
                 assistant_message_id,
                 first_event_id,
                 at,
+                pipeline,
+                orjson.dumps(inputs or {}),
             ),
         )
 

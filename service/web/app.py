@@ -70,6 +70,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc)
     except DomainError as exc:
         return error_response(api_error(exc))
+    except StorageError as exc:
+        return error_response(unreadable(request, exc))
     except (RequestPayloadError, HttpProcessingError) as exc:
         # A body aiohttp's parser could not read: it does not decode (Content-Encoding:
         # gzip over garbage), or its chunking broke (service/web/server.py). Ended here, or
@@ -110,6 +112,15 @@ def api_error(exc: DomainError) -> ApiError:
     # A kind with no status is a bug here, answered as any other: a 500.
     log.error("no HTTP status for %s: %s", type(exc).__name__, exc, exc_info=exc)
     return ApiError(500, "internal_error", "an internal error occurred")
+
+
+def unreadable(request: web.Request, exc: StorageError) -> ApiError:
+    """A read the database did not answer (PostgreSQL away, the backend's connection
+    refused or dropped): the same 503 `storage_unavailable` as a write the journal could
+    not commit, since a later request may pass; a 500 would tell the client it met a bug.
+    A cancel reads before it writes, so while the database is away it answers here."""
+    log.warning("%s %s: the database did not answer: %s", request.method, request.path, exc)
+    return ApiError(503, "storage_unavailable", f"the database did not answer: {exc}")
 
 
 def error_response(exc: ApiError) -> web.Response:

@@ -120,6 +120,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "created_at": MILLIS,
             "started_at": _nullable(MILLIS),
             "finished_at": _nullable(MILLIS),
+            "pipeline": {"type": "string", "description": "the pipeline that runs it"},
+            "inputs": {"type": "object", "description": "the submit's inputs"},
         }
     )
     message = _object(
@@ -165,6 +167,9 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status": {"enum": ["idle", "generating"]},
                 "active_generation": _nullable(_ref("Generation")),
                 "last_event_id": EVENT_ID,
+                "pipeline": _nullable(
+                    {"type": "string", "description": "its default pipeline (null: the config's)"}
+                ),
             }
         ),
         "Generation": generation,

@@ -18,6 +18,7 @@ def project(row: ProjectRow) -> dict[str, Any]:
         "status": "generating" if active is not None else "idle",
         "active_generation": generation(active) if active is not None else None,
         "last_event_id": row.last_event_id,
+        "pipeline": row.pipeline,
     }
 
 
@@ -49,6 +50,8 @@ def generation(row: GenerationRow) -> dict[str, Any]:
         "created_at": row.created_at,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
+        "pipeline": row.pipeline,
+        "inputs": row.inputs,
     }
 
 
