@@ -54,6 +54,7 @@ Refuse = Callable[[str, str], Exception]
 class Right(StrEnum):
     READ = "read"  # streams, /events, messages, files, the project and its generations
     WRITE = "write"  # submit and cancel generations
+    PUBLISH = "publish"  # app events: POST /api/projects/{pid}/events (neither implies it)
 
 
 class Unauthenticated(DomainError):

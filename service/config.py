@@ -47,6 +47,7 @@ POSITIVE: Final = frozenset(
         "openai.request_timeout_seconds",
         "auth.jwt_default_ttl_seconds",
         "auth.jwt_max_ttl_seconds",
+        "events.max_data_bytes",
     }
 )
 CHOICES: Final = {
@@ -166,6 +167,15 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class EventsSettings:
+    # App events (README "App events and typed events"): a JSON file mapping app.* types
+    # to the JSON Schema of their `data`, or a directory of <type>.json files, one type's
+    # schema each; empty: none declared (any object is taken).
+    schemas: str = ""
+    max_data_bytes: int = 65_536  # one app event's data as JSON; more is a 400
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
@@ -181,6 +191,7 @@ class Settings:
     offline: OfflineSettings = field(default_factory=OfflineSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:

@@ -24,6 +24,11 @@ class NotFound(DomainError):
         super().__init__("not_found", f"no {kind} with id {ident!r}")
 
 
+class Invalid(DomainError):
+    """A request the core cannot take as it is (an unknown pipeline, inputs its schema
+    refuses); `code` says what, `details` may name the field."""
+
+
 class Conflict(DomainError):
     """The request clashes with what is stored (a generation still running, a reused
     client_request_id); `code` says which clash."""

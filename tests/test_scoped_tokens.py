@@ -46,6 +46,7 @@ class Need(Enum):
     ANY = "any valid credential"
     READ = "read on the project"
     WRITE = "write on the project"
+    PUBLISH = "publish on the project"
     MASTER = "the master token"
     SCOPED = "a scoped token"
 
@@ -63,6 +64,8 @@ NEEDS = {
     ("get", "/api/projects/{pid}/archive"): Need.READ,
     ("get", "/api/projects/{pid}/events"): Need.READ,
     ("get", "/api/projects/{pid}/stream"): Need.READ,
+    ("post", "/api/projects/{pid}/events"): Need.PUBLISH,
+    ("get", "/api/events/schemas"): Need.ANY,
     ("post", "/api/projects/{pid}/generations"): Need.WRITE,
     ("get", "/api/generations/{gid}"): Need.READ,
     ("get", "/api/generations/{gid}/stream"): Need.READ,
@@ -76,6 +79,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/projects"): {"name": "made in the matrix"},
     ("post", "/api/projects/{pid}/generations"): {"prompt": "a todo api"},
     ("post", "/api/tokens"): {"projects": ["prj_x"]},
+    ("post", "/api/projects/{pid}/events"): {"type": "app.matrix", "data": {"n": 1}},
 }
 ALLOWED = 0  # any 2xx
 
@@ -86,6 +90,7 @@ class Credential(Enum):
     READ_A = "a read token for A"
     READ_B = "a read token for B"
     WRITE_A = "a write token for A"
+    PUBLISH_A = "a publish token for A"
     EXPIRED = "an expired token"
     FORGED = "a forged signature"
     ALG_NONE = "alg none"
@@ -115,8 +120,10 @@ def expected(credential: Credential, method: str, path: str) -> int:
         return 403
     if credential is Credential.READ_B:
         return 403  # every {pid} and {gid} of the matrix is in A
-    if need is Need.WRITE and credential is Credential.READ_A:
+    if need is Need.WRITE and credential in (Credential.READ_A, Credential.PUBLISH_A):
         return 403
+    if need is Need.PUBLISH and credential is not Credential.PUBLISH_A:
+        return 403  # publishing is a right of its own: neither read nor write implies it
     return ALLOWED
 
 
@@ -168,6 +175,7 @@ def credential_token(credential: Credential, w: World) -> str | None:
         Credential.READ_A: sign([w.a]),
         Credential.READ_B: sign([w.b]),
         Credential.WRITE_A: sign([w.a], ["read", "write"]),
+        Credential.PUBLISH_A: sign([w.a], ["read", "publish"]),
         Credential.EXPIRED: sign([w.a], expires_in=-60),
         Credential.FORGED: sign([w.a], key=tokens.OTHER_SECRET),
         Credential.ALG_NONE: tokens.unsigned([w.a], ["read", "write"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -27,6 +28,9 @@ GENERATION_COMPLETED: Final = EventType.GENERATION_COMPLETED
 GENERATION_FAILED: Final = EventType.GENERATION_FAILED
 GENERATION_CANCELLED: Final = EventType.GENERATION_CANCELLED
 ALL_TYPES: Final = frozenset(EventType)
+# A type beyond the vocabulary: a pipeline's own (checked against its declaration by the
+# runner) or an app's (app.*, checked by eventlog/app_events.py): dotted lowercase words.
+OTHER_TYPE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 
 
 def now_ms() -> int:
@@ -44,7 +48,7 @@ class Draft:
     ts: int = field(default_factory=now_ms)
 
     def __post_init__(self) -> None:
-        if self.type not in ALL_TYPES:
+        if self.type not in ALL_TYPES and not OTHER_TYPE.match(self.type):
             raise ValueError(f"unknown event type {self.type!r}")
 
 

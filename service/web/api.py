@@ -11,12 +11,13 @@ from aiohttp import hdrs, web
 
 from service.auth import Forbidden, Right, Unauthenticated, scope_of, valid_subject
 from service.errors import NotFound
+from service.eventlog import app_events
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
 from service.storage.interface import GenerationRow, ProjectRow, Tx
 from service.web import archive, auth, views
-from service.web.context import SERVICES, Services
+from service.web.context import SCHEMAS, SERVICES, Services
 from service.web.errors import ApiError, bad_request
 from service.web.params import MAX_INTEGER, non_negative_int
 from service.web.streams import StreamTarget, parse_cursor, stream
@@ -34,6 +35,7 @@ DATA_IMAGE_PREFIX: Final = "data:image/"
 PROJECT_FIELDS: Final = frozenset({"name"})
 GENERATION_FIELDS: Final = frozenset({"prompt", "image_urls", "client_request_id"})
 TOKEN_FIELDS: Final = frozenset({"projects", "project_prefix", "rights", "expires_in", "subject"})
+APP_EVENT_FIELDS: Final = ("type", "data")
 # White space, spelt out: a text field that holds nothing else is refused, and
 # service/web/openapi.py puts the same characters in the description's pattern. `\s` would
 # not do: Python's (str.isspace, which strip() uses) and ECMA-262's, which JSON Schema
@@ -210,6 +212,32 @@ async def list_events(request: web.Request) -> web.Response:
         )
     )
     return web.Response(body=body, content_type="application/json")
+
+
+@routes.post("/api/projects/{pid}/events")
+async def publish_event(request: web.Request) -> web.Response:
+    """An app event (`app.<name>`) on the project's log: 201 with the stored event."""
+    services = _services(request)
+    body = await _json_body(request, frozenset(APP_EVENT_FIELDS))
+    for field in APP_EVENT_FIELDS:
+        if field not in body:
+            raise bad_request(field, "is required")
+    event = await app_events.publish(
+        services.journal,
+        request.app[SCHEMAS],
+        request.match_info["pid"],
+        body["type"],
+        body["data"],
+        max_data_bytes=services.settings.events.max_data_bytes,
+    )
+    # The stored JSON as it is: the same bytes as the event's SSE data and /events.
+    return web.Response(body=event.data, status=201, content_type="application/json")
+
+
+@routes.get("/api/events/schemas")
+async def event_schemas(request: web.Request) -> web.Response:
+    """Every event type's JSON Schema, one document (eventlog/schemas.py)."""
+    return web.Response(body=request.app[SCHEMAS].document_json(), content_type="application/json")
 
 
 @routes.get("/api/projects/{pid}/stream")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -16,13 +16,14 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from service import metrics
 from service.auth import Forbidden, Tokens, Unauthenticated
-from service.config import Settings
-from service.errors import Conflict, DomainError, JournalRefused, NotFound
+from service.config import ConfigError, Settings
+from service.errors import Conflict, DomainError, Invalid, JournalRefused, NotFound
 from service.eventlog import retention
 from service.eventlog.broker import Broker
 from service.eventlog.event import now_ms
 from service.eventlog.feed import SharedFeed
 from service.eventlog.journal import Emit, Journal
+from service.eventlog.schemas import SchemaProblem, Schemas
 from service.generation.lifecycle import Generations
 from service.generation.providers import make_provider
 from service.metrics import Gauges, Metrics
@@ -32,7 +33,7 @@ from service.storage.interface import SharedLog, Storage, StorageError, Tx
 from service.web import auth, cors, protocol_js, request_log
 from service.web.api import json_response, routes
 from service.web.connections import Connections
-from service.web.context import SERVICES, Services
+from service.web.context import SCHEMAS, SERVICES, Services
 from service.web.errors import ApiError, malformed_request
 from service.web.openapi import describe
 
@@ -53,6 +54,7 @@ _HTTP_CODES: Final = {
 }
 # The one place a kind of the core's refusals gets its HTTP status.
 _DOMAIN_STATUSES: Final[dict[type[DomainError], int]] = {
+    Invalid: 400,
     NotFound: 404,
     Unauthenticated: 401,
     Forbidden: 403,
@@ -226,6 +228,25 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+def event_schemas(
+    settings: Settings, pipeline_events: Mapping[str, Mapping[str, Any]] | None = None
+) -> Schemas:
+    """The built-in event types' schemas, the pipelines' (`{type: payload schema}`) and
+    the app's declared ones ([events] schemas); ConfigError, naming the setting, for a
+    file or a schema that cannot be used."""
+    schemas = Schemas()
+    try:
+        schemas.add_pipeline_events(pipeline_events or {})
+    except SchemaProblem as exc:
+        raise ConfigError(f"a pipeline's event schema: {exc}") from exc
+    if settings.events.schemas:
+        try:
+            schemas.load_app_schemas(Path(settings.events.schemas))
+        except SchemaProblem as exc:
+            raise ConfigError(f"events.schemas: {exc}") from exc
+    return schemas
+
+
 def create_app(settings: Settings) -> web.Application:
     middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [
         request_log.context_middleware,
@@ -244,6 +265,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[auth.TOKENS] = tokens
     app[DESCRIPTION] = orjson.dumps(describe(settings))
+    app[SCHEMAS] = event_schemas(settings)
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
     app.on_response_prepare.append(request_log.echo_request_id)

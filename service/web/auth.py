@@ -64,6 +64,8 @@ POLICIES: Final[dict[tuple[str, str], Need]] = {
     ("GET", "/api/projects/{pid}/archive"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/events"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/stream"): READ_PROJECT,
+    ("POST", "/api/projects/{pid}/events"): Need(Reach.PROJECT, Right.PUBLISH),
+    ("GET", "/api/events/schemas"): Need(Reach.ANY),
     ("POST", "/api/projects/{pid}/generations"): Need(Reach.PROJECT, Right.WRITE),
     ("GET", "/api/generations/{gid}"): READ_GENERATION,
     ("GET", "/api/generations/{gid}/stream"): READ_GENERATION,

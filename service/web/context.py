@@ -10,6 +10,7 @@ from aiohttp import web
 from service.config import Settings
 from service.eventlog.broker import Broker
 from service.eventlog.journal import Journal
+from service.eventlog.schemas import Schemas
 from service.metrics import Metrics
 from service.storage.interface import Storage
 from service.web.connections import Connections
@@ -30,3 +31,6 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# Every event type's schema: held from create_app on, so that an embedding app declares its
+# own (service/embed.py) before the server starts.
+SCHEMAS = web.AppKey("schemas", Schemas)

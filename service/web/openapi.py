@@ -25,6 +25,8 @@ from service.auth import (
 )
 from service.config import Settings
 from service.eventlog import event as events
+from service.eventlog.event import OTHER_TYPE
+from service.eventlog.schemas import APP_TYPE_PATTERN, DIALECT, MAX_TYPE_CHARS
 from service.web.api import (
     DATA_IMAGE_PREFIX,
     DEFAULT_EVENTS_LIMIT,
@@ -66,6 +68,14 @@ STRING: Final[Schema] = {"type": "string"}
 MILLIS: Final[Schema] = {"type": "integer", "description": "Unix time in milliseconds"}
 PROCESS_ID: Final[Schema] = {"type": "integer", "description": "the serving process's id"}
 EVENT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+SCHEMAS_PATH: Final = "/api/events/schemas"
+# Built-in, a pipeline's (dotted lowercase words) or an app's (app.*): each type's own
+# schema is in the document at SCHEMAS_PATH.
+EVENT_TYPE: Final[Schema] = {
+    "type": "string",
+    "pattern": OTHER_TYPE.pattern,
+    "description": f"the event's type; its schema: {SCHEMAS_PATH}",
+}
 
 
 def _text(max_chars: int, what: str) -> Schema:
@@ -146,7 +156,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
     event = _object(
         {
             "id": EVENT_ID,
-            "type": {"enum": sorted(events.ALL_TYPES)},
+            "type": EVENT_TYPE,
             "project_id": STRING,
             "generation_id": _nullable(STRING),
             "ts": MILLIS,
@@ -155,8 +165,13 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
     event["description"] = (
         "One stored event: these fields, then those of its type (message.delta: "
         "message_id, delta; file.started: path, replaces; generation.failed: code, "
-        "message, retryable; see the README)."
+        "message, retryable; an app event: data). The exact schema of each type, built-in, "
+        f"a pipeline's or an app's, is served at {SCHEMAS_PATH} (operation eventSchemas)."
     )
+    event["externalDocs"] = {
+        "description": "every event type's JSON Schema (2020-12), under $defs by type",
+        "url": SCHEMAS_PATH,
+    }
     return {
         "Error": _object({"error": error_detail}),
         "Project": _object(
@@ -177,6 +192,26 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         "File": _object(file_fields),
         "FileWithContent": _object({**file_fields, "content": STRING}),
         "Event": event,
+        "AppEventBody": {
+            **_object(
+                {
+                    "type": {
+                        "type": "string",
+                        "pattern": APP_TYPE_PATTERN,
+                        "maxLength": MAX_TYPE_CHARS,
+                        "description": "app. then dotted lowercase words: never the service's",
+                    },
+                    "data": {
+                        "type": "object",
+                        "description": (
+                            f"at most {settings.events.max_data_bytes} bytes as JSON; checked "
+                            "against its type's schema when one is declared"
+                        ),
+                    },
+                }
+            ),
+            "additionalProperties": False,
+        },
         "StreamCursor": _object(
             {"type": {"const": events.STREAM_CURSOR}, "last_event_id": EVENT_ID}
         ),
@@ -222,7 +257,10 @@ def _token_schemas(settings: Settings) -> dict[str, Schema]:
             "minItems": 1,
             "items": {"enum": [right.value for right in Right]},
             "default": [Right.READ.value],
-            "description": "read: streams, events, messages, files; write: submit, cancel",
+            "description": (
+                "read: streams, events, messages, files; write: submit, cancel; "
+                "publish: app events (POST /api/projects/{pid}/events)"
+            ),
         },
         expires_in={
             "type": "integer",
@@ -307,7 +345,7 @@ def _stream_ok() -> Schema:
                     "type": "object",
                     "required": ["data"],
                     "properties": {
-                        "event": {"enum": [*sorted(events.ALL_TYPES), events.STREAM_CURSOR]},
+                        "event": EVENT_TYPE,
                         "id": {"type": "string", "pattern": decimal_pattern()},
                         "data": data,
                         "retry": {"type": "integer", "minimum": 0},
@@ -414,6 +452,7 @@ def _project_paths(body_limit: int) -> dict[str, Any]:
                 ("ListFiles", "listFiles"),
                 ("GetArchive", "getArchive"),
                 ("ListEvents", "listEvents"),
+                ("PublishEvent", "publishEvent"),
                 ("Submit", "submitGeneration"),
             )
         },
@@ -497,10 +536,51 @@ def _project_paths(body_limit: int) -> dict[str, Any]:
                     _query("after", EVENT_ID, "events with an id above this one"),
                     _query("limit", limit, "at most this many events"),
                 ],
-            )
+            ),
+            "post": _publish(body_limit),
         },
         "/api/projects/{pid}/stream": {
             "get": _stream("streamProject", "the project's events as SSE, then live", PID)
+        },
+    }
+
+
+def _publish(body_limit: int) -> Schema:
+    publish = _op(
+        "publishEvent",
+        "publish an app event on the project's log: stored, then sent to its streams",
+        ("201", _ok("the stored event, as /events and the streams carry it", _ref("Event"))),
+        "bad_input",
+        "unknown_id",
+        "too_large",
+        "write_refused",
+        params=[PID],
+        requestBody=_body("AppEventBody", required=True, limit=body_limit),
+    )
+    publish["responses"]["400"] = _error(
+        "bad input (invalid_request, error.field names it); a type outside app.* "
+        "(reserved_event_type) or not dotted lowercase words (invalid_event_type); data "
+        "over events.max_data_bytes (event_too_large) or not what its type's schema says "
+        "(invalid_event_data, error.field its path)"
+    )
+    return publish
+
+
+def _event_schema_paths() -> dict[str, Any]:
+    document = _object(
+        {
+            "$schema": {"const": DIALECT},
+            "$defs": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+        **{"$id": STRING, "description": STRING},
+    )
+    return {
+        SCHEMAS_PATH: {
+            "get": _op(
+                "eventSchemas",
+                "the JSON Schema (2020-12) of every event type: built-in, pipelines', apps'",
+                ("200", _ok("one document, each type's schema under $defs by type", document)),
+            )
         },
     }
 
@@ -665,6 +745,7 @@ def describe(settings: Settings) -> dict[str, Any]:
             **_project_paths(body_limit),
             **_generation_paths(body_limit),
             **_token_paths(body_limit),
+            **_event_schema_paths(),
             **_service_paths(),
         },
     }
