@@ -125,6 +125,9 @@ class GenerationSettings:
     # outlives its last renewal (renewed every third of it); a process silent longer has
     # its generations ended as interrupted by the others (generation/leases.py).
     lease_seconds: float = 10.0
+    # The pipeline a submit runs when it names none and its project has no default
+    # (service/pipelines: code, page, scenes, and those of installed packages).
+    pipeline: str = "code"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ a test marked `backends` (tests/backends.py), each backend in turn."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 
 from service.config import Settings
+from service.generation.pipeline import Pipeline
+from service.web.app import create_app
 from service.web.context import SERVICES, Services
 from service.web.server import RunningServer, start
 from tests.backends import BACKENDS, SQLITE_FILE, Store
@@ -151,11 +153,14 @@ async def make_server(tmp_path: Path, store: Store) -> AsyncIterator[MakeServer]
     its clients were."""
     started: list[Genstream] = []
 
-    async def make(port: int = 0, **sections: dict[str, Any]) -> Genstream:
+    async def make(
+        port: int = 0, pipelines: Mapping[str, Pipeline] | None = None, **sections: dict[str, Any]
+    ) -> Genstream:
         settings = base_settings(tmp_path).replace(storage=store.settings())
         if sections:
             settings = settings.replace(**sections)
-        server = await start(settings, port=port)
+        app = None if pipelines is None else create_app(settings, pipelines)
+        server = await start(settings, port=port, app=app)
         genstream = Genstream(server, client_session())
         started.append(genstream)
         return genstream

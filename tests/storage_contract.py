@@ -22,7 +22,15 @@ from service.eventlog.broker import Broker
 from service.eventlog.event import Draft, Event, encode
 from service.eventlog.journal import Emit, Journal, TxFunction
 from service.protocol import GenerationStatus
-from service.storage.interface import MessageRow, Storage, StorageError, Tx
+from service.storage.interface import (
+    DocumentRow,
+    MessageRow,
+    PersonaRow,
+    SceneRow,
+    Storage,
+    StorageError,
+    Tx,
+)
 
 PROJECT = "prj_contract"
 OTHER = "prj_other"
@@ -426,3 +434,168 @@ class StorageContract:
             await journal.transact(setting(None))
             cleared = await storage.project(PROJECT)
             assert cleared is not None and cleared.pipeline is None
+
+    # -- documents: the knowledge base and its full-text search ----------------------------
+
+    async def _documents(self, journal: Journal, *documents: DocumentRow) -> None:
+        async def insert(tx: Tx, emit: Emit) -> None:
+            for document in documents:
+                await tx.insert_document(document)
+
+        await asyncio.wait_for(journal.transact(insert), TIMEOUT)
+
+    async def test_a_search_ranks_the_document_that_matches_more_words_first(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        await self._documents(
+            journal,
+            DocumentRow("doc_one", PROJECT, "Billing", "Invoices are sent monthly.", 1),
+            DocumentRow(
+                "doc_both", PROJECT, "Pricing", "Our pricing has monthly and yearly plans.", 1
+            ),
+            DocumentRow("doc_none", PROJECT, "Support", "Email us any time.", 2),
+            DocumentRow("doc_other", OTHER, "Pricing", "Monthly pricing elsewhere.", 2),
+        )
+        hits = await storage.search_documents(PROJECT, "monthly pricing", 10)
+        assert [hit.document_id for hit in hits] == ["doc_both", "doc_one"]
+        assert hits[0].rank > hits[1].rank
+        assert hits[0].title == "Pricing" and "monthly" in hits[0].snippet
+        assert "<b>" not in hits[0].snippet  # plain text: no markup around the matches
+        # Stemmed words: 'prices' finds 'pricing' on both backends.
+        assert [
+            hit.document_id for hit in await storage.search_documents(PROJECT, "prices", 10)
+        ] == ["doc_both"]
+        assert [d.id for d in await storage.documents(PROJECT)] == [
+            "doc_one",
+            "doc_both",
+            "doc_none",
+        ]
+        assert len(await storage.search_documents(PROJECT, "monthly pricing", 1)) == 1
+        assert await storage.search_documents(PROJECT, "monthly", 0) == []
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            '"',
+            'monthly"',
+            "NEAR(monthly",
+            "NEAR(monthly, 3)",
+            "*",
+            "monthly*",
+            "AND",
+            "monthly AND",
+            "OR OR",
+            "NOT monthly",
+            "-monthly",
+            "title:monthly",
+            "^monthly",
+            "{title}: x",
+            "'; DROP TABLE documents; --",
+            "",
+            "   ",
+            "\x00\u2028 😀",
+        ],
+        ids=lambda query: repr(query),
+    )
+    async def test_a_hostile_query_is_taken_as_words(
+        self, storage: Storage, journal: Journal, query: str
+    ) -> None:
+        await self._documents(
+            journal, DocumentRow("doc_m", PROJECT, "Plans", "Monthly and yearly plans.", 1)
+        )
+        hits = await storage.search_documents(PROJECT, query, 10)
+        assert [hit.document_id for hit in hits] in ([], ["doc_m"])
+        if "monthly" in query.lower():
+            assert [hit.document_id for hit in hits] == ["doc_m"]
+        assert [d.id for d in await storage.documents(PROJECT)] == ["doc_m"]
+
+    async def test_a_deleted_document_leaves_the_search(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        await self._documents(
+            journal,
+            DocumentRow("doc_gone", PROJECT, "Refunds", "Refunds take five days.", 1),
+            DocumentRow("doc_kept", PROJECT, "Refund policy", "Ask support.", 2),
+        )
+
+        def deleting(project_id: str, document_id: str) -> TxFunction[bool]:
+            async def delete(tx: Tx, emit: Emit) -> bool:
+                return await tx.delete_document(project_id, document_id)
+
+            return delete
+
+        async with asyncio.timeout(TIMEOUT):
+            assert not await journal.transact(deleting(OTHER, "doc_gone"))  # not that project's
+            assert await journal.transact(deleting(PROJECT, "doc_gone"))
+            assert not await journal.transact(deleting(PROJECT, "doc_gone"))
+        hits = await storage.search_documents(PROJECT, "refunds", 10)
+        assert [hit.document_id for hit in hits] == ["doc_kept"]
+        assert await storage.document(PROJECT, "doc_gone") is None
+        kept = await storage.document(PROJECT, "doc_kept")
+        assert kept == DocumentRow("doc_kept", PROJECT, "Refund policy", "Ask support.", 2)
+        assert await storage.document(OTHER, "doc_kept") is None
+
+    async def test_a_rolled_back_document_is_not_found(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        async def insert_then_fail(tx: Tx, emit: Emit) -> None:
+            await tx.insert_document(DocumentRow("doc_undone", PROJECT, "Undone", "ghost", 1))
+            raise OwnMistake
+
+        with pytest.raises(OwnMistake):
+            await asyncio.wait_for(journal.transact(insert_then_fail), TIMEOUT)
+        assert await storage.search_documents(PROJECT, "ghost undone", 10) == []
+        assert await storage.documents(PROJECT) == []
+
+    # -- personas and scenes ----------------------------------------------------------------
+
+    async def test_a_persona_is_upserted(self, storage: Storage, journal: Journal) -> None:
+        first = PersonaRow(PROJECT, "v-1", ("slow builds",), (), 1, 10)
+        again = PersonaRow(PROJECT, "v-1", ("slow builds", "cost"), ("pricing",), 2, 20)
+
+        def upserting(persona: PersonaRow) -> TxFunction[PersonaRow | None]:
+            async def upsert(tx: Tx, emit: Emit) -> PersonaRow | None:
+                await tx.upsert_persona(persona)
+                return await tx.persona(persona.project_id, persona.visitor_id)
+
+            return upsert
+
+        async with asyncio.timeout(TIMEOUT):
+            assert await storage.persona(PROJECT, "v-1") is None
+            assert await journal.transact(upserting(first)) == first
+            assert await journal.transact(upserting(again)) == again
+            elsewhere = PersonaRow(OTHER, "v-1", (), ("ünï",), 1, 30)
+            await journal.transact(upserting(elsewhere))
+        assert await storage.persona(PROJECT, "v-1") == again
+        assert await storage.persona(OTHER, "v-1") == elsewhere
+        assert await storage.persona(PROJECT, "v-2") is None
+
+    async def test_scenes_are_added_edited_and_deleted_in_position_order(
+        self, storage: Storage, journal: Journal
+    ) -> None:
+        intro = SceneRow("scn_intro", PROJECT, 0, "Intro", "A logo", 3000, 1, 1)
+        outro = SceneRow("scn_outro", PROJECT, 1, "Outro", "Credits", 5000, 2, 2)
+        trimmed = SceneRow("scn_outro", OTHER, -1, "Outro", "Credits", 2500, 99, 3)
+
+        async def edit(tx: Tx, emit: Emit) -> tuple[bool, bool, SceneRow | None]:
+            await tx.insert_scene(outro)
+            await tx.insert_scene(intro)
+            updated = await tx.update_scene(trimmed)
+            missing = await tx.update_scene(SceneRow("scn_none", PROJECT, 0, "", "", 0, 0, 0))
+            return updated, missing, await tx.scene("scn_outro")
+
+        async with asyncio.timeout(TIMEOUT):
+            updated, missing, seen = await journal.transact(edit)
+        assert (updated, missing) == (True, False)
+        # The project and created_at stay; the rest is the update's.
+        stored = SceneRow("scn_outro", PROJECT, -1, "Outro", "Credits", 2500, 2, 3)
+        assert seen == stored and await storage.scene("scn_outro") == stored
+        assert [scene.id for scene in await storage.scenes(PROJECT)] == ["scn_outro", "scn_intro"]
+        assert await storage.scenes(OTHER) == []
+
+        async def delete(tx: Tx, emit: Emit) -> tuple[bool, bool]:
+            return await tx.delete_scene("scn_outro"), await tx.delete_scene("scn_outro")
+
+        assert await asyncio.wait_for(journal.transact(delete), TIMEOUT) == (True, False)
+        assert await storage.scenes(PROJECT) == [intro]
+        assert await storage.scene("scn_outro") is None

@@ -19,6 +19,7 @@ from service.eventlog.journal import Emit, Journal
 from service.generation.lifecycle import Generations
 from service.generation.providers.offline import OfflineProvider
 from service.metrics import Metrics
+from service.pipelines import load_pipelines
 from service.storage.interface import Duplicate, Tx
 from service.storage.postgres import PostgresStorage, PostgresTx
 from tests.helpers import wait_until
@@ -240,6 +241,7 @@ async def test_without_the_submit_lock_the_partial_index_still_refuses_a_second_
             timeout_seconds=60,
             metrics=Metrics(),
             limits=GenerationSettings(lease_seconds=30),
+            pipelines=load_pipelines(),
         )
         opened.append((storage, journal, generations))
     (_, journal, first), (_, _, second) = opened

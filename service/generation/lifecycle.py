@@ -19,17 +19,19 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from service import logs
 from service.config import GenerationSettings
-from service.errors import Conflict, JournalRefused, NotFound
+from service.errors import Conflict, Invalid, JournalRefused, NotFound
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit, Journal
 from service.generation import drafts
 from service.generation.endings import Endings
 from service.generation.leases import Fenced, LeaseKeeper, identity, lapsed_guard, owner_guard
+from service.generation.pipeline import Pipeline
 from service.generation.providers.base import Provider, ProviderError
 from service.generation.run import Run
 from service.generation.runner import Runner
@@ -39,7 +41,6 @@ from service.storage.interface import Duplicate, GenerationRow, MessageRow, Stor
 
 log = logging.getLogger(__name__)
 
-PENDING_CONTENT: Final = "Generating code..."
 INTERRUPTED_MESSAGE: Final = "the server stopped while this generation ran; submit it again"
 STORAGE_MESSAGE: Final = "the database refused a write while this generation ran; submit it again"
 # A submit that meets another process's commit of the same key reads again (Duplicate):
@@ -72,7 +73,12 @@ class Generations:
         timeout_seconds: float,
         metrics: Metrics,
         limits: GenerationSettings,
+        pipelines: Mapping[str, Pipeline],
     ) -> None:
+        if limits.pipeline not in pipelines:
+            raise ValueError(f"generation.pipeline: no pipeline named {limits.pipeline!r}")
+        self._pipelines = pipelines
+        self._default_pipeline = limits.pipeline
         self._storage = storage
         self._journal = journal
         self._provider = provider
@@ -109,8 +115,13 @@ class Generations:
         prompt: str,
         image_urls: list[str],
         client_request_id: str | None,
+        pipeline_name: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Submission:
         provider, model = self._provider.name, self._provider.model
+        pipeline = await self._chosen(project_id, pipeline_name)
+        inputs = dict(inputs or {})
+        pipeline.check_inputs(inputs)
 
         async def create(tx: Tx, emit: Emit) -> Submission:
             # Several processes: another's submit must not commit between the checks
@@ -121,12 +132,14 @@ class Generations:
             if client_request_id is not None:
                 earlier = await tx.generation_by_request(project_id, client_request_id)
                 if earlier is not None:
-                    return await _resubmission(tx, earlier, prompt, image_urls)
+                    return await _resubmission(
+                        tx, earlier, prompt, image_urls, pipeline.name, inputs
+                    )
             await _refuse_if_running(tx, project_id)
             at = now_ms()
             gid = new_id("gen")
             user = _message(project_id, gid, "user", "complete", prompt, at)
-            assistant = _message(project_id, gid, "assistant", "pending", PENDING_CONTENT, at)
+            assistant = _message(project_id, gid, "assistant", "pending", pipeline.pending, at)
             first = await emit(drafts.message_created(user))
             await emit(drafts.message_created(assistant))
             for message in (user, assistant):
@@ -143,6 +156,8 @@ class Generations:
                 assistant_message_id=assistant.id,
                 first_event_id=first.id,
                 at=at,
+                pipeline=pipeline.name,
+                inputs=inputs,
             )
             if self._leases is not None:
                 await self._leases.take(tx, gid)
@@ -166,6 +181,25 @@ class Generations:
                     raise
                 log.info("submit met another process's commit (%s): reading again", exc.constraint)
         raise AssertionError("unreachable")
+
+    @property
+    def pipelines(self) -> Mapping[str, Pipeline]:
+        return self._pipelines
+
+    async def _chosen(self, project_id: str, name: str | None) -> Pipeline:
+        """The pipeline a submit runs: the one it names, else its project's default, else
+        the configured one. (The project's default is read before the submit's
+        transaction: one changed meanwhile applies from the next submit.)"""
+        if name is None:
+            project = await self._storage.project(project_id)
+            if project is None:
+                raise NotFound("project", project_id)
+            name = project.pipeline or self._default_pipeline
+        pipeline = self._pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self._pipelines))
+            raise Invalid("unknown_pipeline", f"no pipeline named {name!r} (there are: {known})")
+        return pipeline
 
     def _start_if_created(self, future: asyncio.Future[Submission]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -325,13 +359,21 @@ class Generations:
                 run.started = run.stage_started = time.perf_counter()
                 try:
                     async with asyncio.timeout(self._timeout):
-                        await self._runner.run(run, generation)
+                        await self._runner.run(run, generation, self._pipeline_of(generation))
                 except BaseException as exc:
                     # Settled while the slot is still held: the next queued generation
                     # starts only once this one has ended, in the database too.
                     await self._settle(run, exc)
         except asyncio.CancelledError as exc:  # cancelled while waiting for a slot
             await self._settle(run, exc)
+
+    def _pipeline_of(self, generation: GenerationRow) -> Pipeline:
+        pipeline = self._pipelines.get(generation.pipeline)
+        if pipeline is None:  # its package was removed since the submit
+            raise ProviderError(
+                "unknown_pipeline", f"the pipeline {generation.pipeline!r} is not installed"
+            )
+        return pipeline
 
     async def _settle(self, run: Run, exc: BaseException) -> None:
         """Record how the run ended. The task's last act: a cancellation that arrives
@@ -393,12 +435,22 @@ async def _refuse_if_running(tx: Tx, project_id: str) -> None:
 
 
 async def _resubmission(
-    tx: Tx, earlier: GenerationRow, prompt: str, image_urls: list[str]
+    tx: Tx,
+    earlier: GenerationRow,
+    prompt: str,
+    image_urls: list[str],
+    pipeline: str,
+    inputs: dict[str, Any],
 ) -> Submission:
-    if earlier.prompt != prompt or earlier.image_urls != tuple(image_urls):
+    if (
+        earlier.prompt != prompt
+        or earlier.image_urls != tuple(image_urls)
+        or earlier.pipeline != pipeline
+        or dict(earlier.inputs) != inputs
+    ):
         raise Conflict(
             "client_request_id_reused",
-            "client_request_id was already used for a different prompt",
+            "client_request_id was already used for a different request",
             generation_id=earlier.id,
         )
     user = await tx.message(earlier.user_message_id)

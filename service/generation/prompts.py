@@ -238,12 +238,13 @@ def request_text(prompt: str, context: FileContext) -> str:
 def build_messages(request: ModelRequest, context_chars: int) -> list[ChatCompletionMessageParam]:
     """The messages of one chat-completions request for `request`, their text within
     `context_chars` unless the system prompt and the prompt alone exceed it."""
-    free = max(context_chars - len(SYSTEM_PROMPT) - len(request.prompt), 0)
+    system = SYSTEM_PROMPT if request.instructions is None else request.instructions
+    free = max(context_chars - len(system) - len(request.prompt), 0)
     history = select_history(request.history, int(free * HISTORY_SHARE))
     used = sum(len(str(message.get("content", ""))) for message in history)
     context = select_files(request.files, free - used)
     text = request_text(request.prompt, context)
-    messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}]
     messages += history
     if not request.image_urls:
         messages.append({"role": "user", "content": text})

@@ -1,4 +1,4 @@
-"""One running generation's state: what it has produced so far, and its timings."""
+"""One running generation's state: what it has said so far, and its timings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from typing import Any
 
 from service.eventlog.event import Draft
 from service.eventlog.journal import Check
-from service.files import FileRecord
-from service.generation import pipeline
-from service.generation.parser import OutputParser
 from service.generation.pipeline import Stage
 from service.generation.providers.base import Usage
 from service.storage.interface import GenerationRow
@@ -23,18 +20,18 @@ class Run:
     generation_id: str
     project_id: str
     assistant_message_id: str
-    parser: OutputParser = field(default_factory=OutputParser)
-    files: dict[str, FileRecord] = field(default_factory=dict)
-    # Paths the project held before this generation: writing one replaces it.
-    existing: frozenset[str] = frozenset()
+    # The chat text said so far (message.delta), in order.
+    said: list[str] = field(default_factory=list)
     stage_started: float = field(default_factory=time.perf_counter)
     stage_ms: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     first_token_ms: int | None = None
+    # Seconds the model's streams ran, over every call of the run.
+    model_seconds: float = 0.0
     usage: Usage = field(default_factory=Usage)
     progress: int = 0
     # The chat text a previous process streamed (read back from the event log at
-    # recovery); None while this process runs the parser itself.
+    # recovery); None while this process runs the pipeline itself.
     recovered_text: str | None = None
     # Checked in the transaction of each of its writes, where several processes share
     # the database (generation/leases.py): this process still holds its lease, or, for
@@ -50,7 +47,7 @@ class Run:
     def text(self) -> str:
         if self.recovered_text is not None:
             return self.recovered_text
-        return self.parser.text.strip()
+        return "".join(self.said).strip()
 
     def draft(self, type_: str, **payload: Any) -> Draft:
         return Draft(self.project_id, self.generation_id, type_, payload)
@@ -62,11 +59,11 @@ class Run:
 
     def timings(self) -> dict[str, Any]:
         total = time.perf_counter() - self.started
-        generating_s = self.stage_ms.get(pipeline.GENERATING.id, 0) / 1000
         tokens = self.usage.completion_tokens
+        seconds = self.model_seconds
         return {
             "total_ms": round(total * 1000),
             "first_token_ms": self.first_token_ms,
-            "tokens_per_second": round(tokens / generating_s, 1) if generating_s > 0 else None,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
             "stages": dict(self.stage_ms),
         }

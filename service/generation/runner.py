@@ -1,6 +1,7 @@
-"""One run's steps, in the stage pipeline's order: begin, plan, generate, validate,
-complete. Each state change is one transaction that carries its events; a step that
-fails raises, and the lifecycle records how the run ended (endings.py)."""
+"""One run of a pipeline: begin, the pipeline's own steps, complete. Each state change
+is one transaction that carries its events; a step that fails raises, and the lifecycle
+records how the run ended (endings.py). `Steps` is what the pipeline's run is given:
+the pipeline.Context every pipeline writes through."""
 
 from __future__ import annotations
 
@@ -8,30 +9,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from service.config import GenerationSettings
 from service.eventlog import event as ev
 from service.eventlog.event import Draft, Event, now_ms
 from service.eventlog.journal import Emit, Journal
-from service.files import FileRecord
-from service.generation import drafts, pipeline
+from service.generation import drafts
 from service.generation.bounds import OutputBounds
 from service.generation.leases import guarded
-from service.generation.parser import Item
-from service.generation.pipeline import Stage
-from service.generation.providers.base import ModelRequest, Provider
+from service.generation.pipeline import Outcome, Pipeline
+from service.generation.providers.base import Chunk, ModelRequest, Provider
 from service.generation.run import Run
 from service.generation.text import whole_characters
-from service.generation.validation import check_file
 from service.metrics import Metrics
 from service.storage.interface import GenerationRow, Storage, Tx
 
 # The lifecycle's logger, as before the run's steps had a module of their own.
 log = logging.getLogger("service.generation.lifecycle")
 
-# Paths a generation.completed summary names; the rest are counted.
-SUMMARY_PATHS: Final = 10
+T = TypeVar("T")
 
 
 class Runner:
@@ -52,134 +50,76 @@ class Runner:
         self._metrics = metrics
         self._limits = limits
 
-    async def run(self, run: Run, generation: GenerationRow) -> None:
-        await self._begin(run)
-        request = await self._plan(run, generation)
-        await self._generate(run, request)
-        await self._validate(run)
-        await self._complete(run)
+    async def run(self, run: Run, generation: GenerationRow, pipeline: Pipeline) -> None:
+        await self._begin(run, pipeline)
+        steps = Steps(self, run, generation, pipeline)
+        try:
+            outcome = await pipeline.run(steps)
+            await steps.flush()
+        finally:
+            steps.hand_over()
+        await self._complete(run, pipeline, outcome)
 
-    async def _begin(self, run: Run) -> None:
+    async def _begin(self, run: Run, pipeline: Pipeline) -> None:
         provider, model = self._provider.name, self._provider.model
+        first = pipeline.first
 
         async def start(tx: Tx, emit: Emit) -> None:
             await tx.update_generation(
-                run.generation_id, status="running", started_at=now_ms(), stage="planning"
+                run.generation_id, status="running", started_at=now_ms(), stage=first.id
             )
             await emit(
                 run.draft(
                     ev.GENERATION_STARTED,
                     stages=pipeline.describe(),
+                    pipeline=pipeline.name,
                     provider=provider,
                     model=model,
                 )
             )
-            await emit(drafts.stage(run, pipeline.PLANNING, "active", 0))
+            await emit(drafts.stage(run, first, "active", first.start))
 
         await self._journal.transact(guarded(run.guard, start))
+        run.progress = first.start
 
-    async def _plan(self, run: Run, generation: GenerationRow) -> ModelRequest:
-        files = await self._storage.file_contents(run.project_id)
-        run.existing = frozenset(file.path for file in files)
-        history = tuple(
-            (m.role, m.content)
-            for m in await self._storage.messages(run.project_id)
-            if m.generation_id != run.generation_id and m.status in ("complete", "success")
-        )
-        request = ModelRequest(
-            prompt=generation.prompt,
-            image_urls=generation.image_urls,
-            files=tuple(files),
-            history=history,
-        )
-        await self._stage(run, pipeline.PLANNING, "complete", 1.0)
-        await self._stage(run, pipeline.GENERATING, "active", 0.0)
-        return request
-
-    async def _generate(self, run: Run, request: ModelRequest) -> None:
-        step = pipeline.PROGRESS_STEP
-        asked = time.perf_counter()
-        bounds = OutputBounds(self._limits)
-        appends = _ChunkAppends(self._journal, run)
-        # aclosing: a failure in this loop (a cap crossed included) closes the provider's
-        # stream (its HTTP connection) now, not whenever the collector finalizes it.
-        try:
-            async with contextlib.aclosing(
-                whole_characters(self._provider.stream(request))
-            ) as chunks:
-                async for chunk in chunks:
-                    if chunk.usage is not None:
-                        run.usage = chunk.usage
-                    if chunk.text:
-                        if run.first_token_ms is None:
-                            run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
-                            self._metrics.provider_first_token.observe(time.perf_counter() - asked)
-                        # Counted before the parser holds it: nothing past the cap is kept.
-                        bounds.take(chunk.text)
-                        await _journal_items(appends, run, bounds, run.parser.feed(chunk.text))
-                    if chunk.progress is not None:
-                        overall = pipeline.GENERATING.at(chunk.progress)
-                        if overall - run.progress >= step:
-                            await appends.flush()  # the stage goes after the text before it
-                            await self._stage(run, pipeline.GENERATING, "active", chunk.progress)
-            self._metrics.provider_stream.observe(time.perf_counter() - asked)
-            await _journal_items(appends, run, bounds, run.parser.finish())
-            await appends.flush()
-        finally:
-            appends.hand_over()
-        await self._stage(run, pipeline.GENERATING, "complete", 1.0)
-
-    async def _validate(self, run: Run) -> None:
-        await self._stage(run, pipeline.VALIDATING, "active", 0.0)
-        found = []
-        for file in run.files.values():
-            # In a thread: a large file would hold the event loop while it parses.
-            result = await asyncio.to_thread(check_file, file)
-            if result is not None:
-                found.append(
-                    run.draft(
-                        ev.VALIDATION,
-                        check=result.check,
-                        ok=result.ok,
-                        detail=result.detail,
-                        path=result.path,
-                    )
-                )
-        if found:
-            await self._journal.append(*found, check=run.guard)
-        await self._stage(run, pipeline.VALIDATING, "complete", 1.0)
-
-    async def _complete(self, run: Run) -> None:
-        text = run.text
-        files = list(run.files.values())
-        summary = _summary(files)
+    async def _complete(self, run: Run, pipeline: Pipeline, outcome: Outcome) -> None:
+        text = run.text if outcome.text is None else outcome.text
+        files = list(outcome.files)
+        summary = outcome.summary if outcome.summary is not None else "Done."
         usage = run.usage.as_dict()
+        last = pipeline.last
+        run.end_stage(last)
         timings = run.timings()
+        completed: dict[str, Any] = {"summary": summary, "usage": usage, "timings": timings}
+        if outcome.result is not None:
+            completed["result"] = dict(outcome.result)
 
         async def finish(tx: Tx, emit: Emit) -> None:
-            await tx.upsert_files(run.project_id, run.generation_id, files)
+            if files:
+                await tx.upsert_files(run.project_id, run.generation_id, files)
             await tx.update_message(run.assistant_message_id, "success", text)
             await tx.update_generation(
                 run.generation_id,
                 status="completed",
-                stage=pipeline.COMPLETE.id,
+                stage=last.id,
                 progress=100,
                 usage=usage,
                 timings=timings,
                 finished_at=now_ms(),
             )
             await emit(drafts.message_updated(run, "success", text))
-            await emit(drafts.stage(run, pipeline.COMPLETE, "complete", 100))
-            await emit(
-                run.draft(ev.GENERATION_COMPLETED, summary=summary, usage=usage, timings=timings)
-            )
+            await emit(drafts.stage(run, last, "complete", 100))
+            await emit(run.draft(ev.GENERATION_COMPLETED, **completed))
 
         await self._journal.transact(guarded(run.guard, finish))
         self._metrics.generations.labels("completed", "").inc()
         log.info("generation %s completed: %s", run.generation_id, summary)
 
-    async def _stage(self, run: Run, stage: Stage, status: str, fraction: float) -> None:
-        progress = stage.at(fraction)
+    async def stage(
+        self, run: Run, pipeline: Pipeline, stage_id: str, status: str, fraction: float
+    ) -> None:
+        stage = pipeline.stage(stage_id)
+        progress = stage.end if status == "complete" else stage.at(fraction)
         if status == "complete":
             run.end_stage(stage)
 
@@ -191,16 +131,99 @@ class Runner:
         run.progress = progress
 
 
-async def _journal_items(
-    appends: _ChunkAppends, run: Run, bounds: OutputBounds, items: list[Item]
-) -> None:
-    """Journal the parser's items up to the first that crosses a cap, then fail with
-    that cap: what came before it stays in the log, as after any failure."""
-    admitted, crossed = bounds.admit(items)
-    appends.add(drafts.from_items(run, admitted))
-    if crossed is not None:
-        await appends.flush()
-        raise crossed
+class Steps:
+    """What a pipeline's run writes through (pipeline.Context): its events queued in
+    order and group-committed (_ChunkAppends), its stages and its own transactions after
+    them, the model's stream within the output caps."""
+
+    def __init__(
+        self, runner: Runner, run: Run, generation: GenerationRow, pipeline: Pipeline
+    ) -> None:
+        self._runner = runner
+        self._run = run
+        self._generation = generation
+        self._pipeline = pipeline
+        self._appends = _ChunkAppends(runner._journal, run)
+        self._bounds = OutputBounds(runner._limits)
+
+    @property
+    def generation(self) -> GenerationRow:
+        return self._generation
+
+    @property
+    def storage(self) -> Storage:
+        return self._runner._storage
+
+    @property
+    def limits(self) -> GenerationSettings:
+        return self._runner._limits
+
+    @property
+    def progress(self) -> int:
+        return self._run.progress
+
+    async def stage(self, stage_id: str, status: str = "active", fraction: float = 0.0) -> None:
+        if status not in ("active", "complete"):
+            raise ValueError(f"a stage is active or complete, not {status!r}")
+        await self.flush()  # the stage goes after the events before it
+        await self._runner.stage(self._run, self._pipeline, stage_id, status, fraction)
+
+    def draft(self, type_: str, **payload: Any) -> Draft:
+        return self._run.draft(type_, **payload)
+
+    def send(self, *drafts: Draft) -> None:
+        for draft in drafts:
+            self._pipeline.check_event(draft.type, draft.payload)
+        self._appends.add(list(drafts))
+
+    def emit(self, type_: str, **payload: Any) -> None:
+        self.send(self.draft(type_, **payload))
+
+    def say(self, text: str) -> None:
+        if text:
+            self._run.said.append(text)
+            self._appends.add([drafts.message_delta(self._run, text)])
+
+    async def flush(self) -> None:
+        await self._appends.flush()
+
+    def hand_over(self) -> None:
+        self._appends.hand_over()
+
+    async def model(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        run, metrics = self._run, self._runner._metrics
+        asked = time.perf_counter()
+        # aclosing: a failure while the pipeline reads (a cap crossed included) closes
+        # the provider's stream (its HTTP connection) now, not when the collector runs.
+        try:
+            async with contextlib.aclosing(
+                whole_characters(self._runner._provider.stream(request))
+            ) as chunks:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        run.usage = run.usage.plus(chunk.usage)
+                    if chunk.text:
+                        if run.first_token_ms is None:
+                            run.first_token_ms = round((time.perf_counter() - run.started) * 1000)
+                            metrics.provider_first_token.observe(time.perf_counter() - asked)
+                        # Counted before the pipeline holds it: nothing past the cap is kept.
+                        self._bounds.take(chunk.text)
+                    yield chunk
+            metrics.provider_stream.observe(time.perf_counter() - asked)
+        finally:
+            run.model_seconds += time.perf_counter() - asked
+
+    async def transact(self, work: Callable[[Tx, Emit], Awaitable[T]]) -> T:
+        await self.flush()
+
+        async def checked(tx: Tx, emit: Emit) -> T:
+            async def emit_checked(draft: Draft) -> Event:
+                self._pipeline.check_event(draft.type, draft.payload)
+                return await emit(draft)
+
+            return await work(tx, emit_checked)
+
+        return await self._runner._journal.transact(guarded(self._run.guard, checked))
 
 
 class _ChunkAppends:
@@ -291,14 +314,3 @@ class _ChunkAppends:
 def _retrieved(future: asyncio.Future[list[Event]]) -> None:
     if not future.cancelled():
         future.exception()  # looked at: the run's end says how the run ended
-
-
-def _summary(files: list[FileRecord]) -> str:
-    """One line for people and logs: the count, and the first few paths only (a summary
-    naming each of 20,000 files was 299 KB)."""
-    if not files:
-        return "No files written."
-    names = ", ".join(f.path for f in files[:SUMMARY_PATHS])
-    more = len(files) - SUMMARY_PATHS
-    rest = f", and {more:,} more" if more > 0 else ""
-    return f"Wrote {len(files):,} file{'s' if len(files) != 1 else ''}: {names}{rest}"

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 import orjson
 
 from service.protocol import ACTIVE_STATUSES
-from service.storage.interface import GenerationRow, ProjectRow, StorageError
+from service.storage.interface import (
+    DocumentRow,
+    GenerationRow,
+    PersonaRow,
+    ProjectRow,
+    SceneRow,
+    StorageError,
+)
 
 # The active statuses as an SQL list: ('pending', 'running').
 ACTIVE: Final = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_STATUSES)) + ")"
@@ -27,6 +35,24 @@ GENERATION_COLUMNS: Final = (
     "pipeline, inputs"
 )
 PROJECT_COLUMNS: Final = "id, name, created_at, pipeline"
+DOCUMENT_COLUMNS: Final = "id, project_id, title, content, created_at"
+PERSONA_COLUMNS: Final = "project_id, visitor_id, pain_points, interests, visits, updated_at"
+SCENE_COLUMNS: Final = (
+    "id, project_id, position, title, description, duration_ms, created_at, updated_at"
+)
+# An upsert's update of a persona: every column but the key, from the row it would insert.
+PERSONA_CHANGES: Final = ", ".join(
+    f"{name} = excluded.{name}" for name in ("pain_points", "interests", "visits", "updated_at")
+)
+# What update_scene may change: the rest (id, project, created_at) a scene keeps.
+SCENE_CHANGES: Final = ("position", "title", "description", "duration_ms", "updated_at")
+# A search's query, cut to this many words: a search is of a question, not of a document.
+MAX_SEARCH_TERMS: Final = 32
+# Words of a search: letters and digits, in any script (what both full-text engines index
+# as words); anything else in the query is a separator, never syntax.
+_WORD: Final = re.compile(r"\w+")
+# The words a snippet holds around its matches.
+SNIPPET_WORDS: Final = 24
 MESSAGE_COLUMNS: Final = (
     "id, project_id, generation_id, role, status, content, created_at, updated_at"
 )
@@ -91,6 +117,57 @@ def generation_row(row: Columns) -> GenerationRow:
         pipeline=row["pipeline"],
         inputs=orjson.loads(row["inputs"]),
     )
+
+
+def document_row(row: Columns) -> DocumentRow:
+    return DocumentRow(**{name: row[name] for name in DocumentRow.__slots__})
+
+
+def scene_row(row: Columns) -> SceneRow:
+    return SceneRow(**{name: row[name] for name in SceneRow.__slots__})
+
+
+def persona_row(row: Columns) -> PersonaRow:
+    """The columns of PERSONA_COLUMNS, the JSON lists decoded."""
+    return PersonaRow(
+        project_id=row["project_id"],
+        visitor_id=row["visitor_id"],
+        pain_points=tuple(orjson.loads(row["pain_points"])),
+        interests=tuple(orjson.loads(row["interests"])),
+        visits=row["visits"],
+        updated_at=row["updated_at"],
+    )
+
+
+def persona_values(persona: PersonaRow) -> tuple[Any, ...]:
+    """The values of PERSONA_COLUMNS, in order; the lists as JSON text (SQLite keeps
+    it as it is, PostgreSQL's jsonb takes it)."""
+    return (
+        persona.project_id,
+        persona.visitor_id,
+        orjson.dumps(list(persona.pain_points)).decode(),
+        orjson.dumps(list(persona.interests)).decode(),
+        persona.visits,
+        persona.updated_at,
+    )
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of an untrusted query, lowercased, each once, at most MAX_SEARCH_TERMS.
+    Each backend quotes every one as a plain word of its own query language: a quote,
+    `NEAR(`, `*`, `AND` or `-` in the query is a separator or a word, never an operator
+    (FTS5's query syntax would otherwise refuse `"` or `NEAR(` with an error)."""
+    words = dict.fromkeys(word.lower() for word in _WORD.findall(query))
+    return list(words)[:MAX_SEARCH_TERMS]
+
+
+def any_of_quoted(terms: list[str], separator: str) -> str:
+    """`"a" OR "b"`: each term a quoted string (a word of \\w characters holds no quote,
+    so nothing needs escaping), any of them matching. Both FTS5 ("a string enclosed in
+    double quotes", https://www.sqlite.org/fts5.html#fts5_strings) and websearch_to_tsquery
+    ("text inside quote marks", https://www.postgresql.org/docs/15/textsearch-controls.html)
+    read a quoted word as that word, and `OR` / `or` between them as any of them."""
+    return f" {separator} ".join(f'"{term}"' for term in terms)
 
 
 _P = ParamSpec("_P")

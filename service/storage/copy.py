@@ -1,10 +1,10 @@
 """Moving off SQLite: an SQLite database copied into an empty PostgreSQL one, ids kept.
 
 Every table the app reads (projects, messages, generations, files, stream_sessions, the
-event log) is copied row for row, so a client's cursor (an event id) means the same
-event on PostgreSQL as it did on SQLite, and `event_log_head`, where PostgreSQL's next
-id comes from (postgres.py), is set to the copied maximum: the first event written after
-the copy takes the id after it.
+event log, documents, personas, scenes) is copied row for row, so a client's cursor (an
+event id) means the same event on PostgreSQL as it did on SQLite, and `event_log_head`,
+where PostgreSQL's next id comes from (postgres.py), is set to the copied maximum: the
+first event written after the copy takes the id after it.
 
 All or nothing: the target is checked empty and filled in one transaction, so a copy that
 fails (a refused row, a lost connection, Ctrl-C) leaves it as it was. The tables are
@@ -67,6 +67,11 @@ def _generation(row: Row) -> Row:
     return tuple(values)
 
 
+def _persona(row: Row) -> Row:
+    project_id, visitor_id, pain_points, interests, *rest = row
+    return (project_id, visitor_id, _json_text(pain_points), _json_text(interests), *rest)
+
+
 def _event(row: Row) -> Row:
     data = row[5]
     return (*row[:5], data.encode() if isinstance(data, str) else bytes(data))
@@ -89,6 +94,11 @@ TABLES: Final = (
     _Table("messages", common.MESSAGE_COLUMNS, "rowid"),
     _Table("files", "project_id, path, content, size, sha256, generation_id, updated_at", "rowid"),
     _Table("events", common.EVENT_COLUMNS, "id", _event),
+    # In seq order: PostgreSQL's seq (their order within a millisecond) follows SQLite's.
+    # Their words are PostgreSQL's to index: a generated column of the row.
+    _Table("documents", common.DOCUMENT_COLUMNS, "seq"),
+    _Table("personas", common.PERSONA_COLUMNS, "project_id, visitor_id", _persona),
+    _Table("scenes", common.SCENE_COLUMNS, "project_id, position, id"),
     _Table(
         "stream_sessions",
         "id, key, project_id, generation_id, peer, user_agent, cursor, started_at, ended_at, "

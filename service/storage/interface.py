@@ -117,6 +117,54 @@ class FileRow:
     updated_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class DocumentRow:
+    """A document of a project's knowledge base (the page pipeline searches them)."""
+
+    id: str
+    project_id: str
+    title: str
+    content: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentHit:
+    """A document a search found: a snippet of it around the matched words, and its
+    rank (higher is better; comparable within one search's hits only)."""
+
+    document_id: str
+    title: str
+    snippet: str
+    rank: float
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaRow:
+    """What a project knows of one visitor, kept across their questions."""
+
+    project_id: str
+    visitor_id: str
+    pain_points: tuple[str, ...]
+    interests: tuple[str, ...]
+    visits: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRow:
+    """A scene of a project's video (the scenes pipeline edits them)."""
+
+    id: str
+    project_id: str
+    position: int
+    title: str
+    description: str
+    duration_ms: int
+    created_at: int
+    updated_at: int
+
+
 class Tx(Protocol):
     """Statements run inside the journal writer's open transaction."""
 
@@ -166,6 +214,30 @@ class Tx(Protocol):
         inputs: Mapping[str, Any] | None = None,
     ) -> None: ...
     async def update_generation(self, generation_id: str, **fields: Any) -> None: ...
+
+    # The knowledge base, personas and scenes: the pipelines' own state, written in the
+    # same transaction as the events that tell of it.
+    async def insert_document(self, document: DocumentRow) -> None: ...
+    async def delete_document(self, project_id: str, document_id: str) -> bool:
+        """Delete it (and its words from the search); False when there was none."""
+        ...
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None: ...
+    async def upsert_persona(self, persona: PersonaRow) -> None:
+        """Insert the persona, or replace the stored one of that (project, visitor)."""
+        ...
+
+    async def scene(self, scene_id: str) -> SceneRow | None: ...
+    async def insert_scene(self, scene: SceneRow) -> None: ...
+    async def update_scene(self, scene: SceneRow) -> bool:
+        """Store position, title, description, duration_ms and updated_at of the scene
+        with this id (its project and created_at stay); False when there is none."""
+        ...
+
+    async def delete_scene(self, scene_id: str) -> bool:
+        """False when there was none."""
+        ...
+
     async def upsert_files(
         self, project_id: str, generation_id: str, files: Iterable[FileRecord]
     ) -> None: ...
@@ -235,6 +307,22 @@ class Reads(Protocol):
         self, project_id: str, after: int, limit: int, generation_id: str | None = None
     ) -> list[Event]: ...
     async def streamed_text(self, generation_id: str) -> str: ...
+    async def documents(self, project_id: str) -> list[DocumentRow]:
+        """A project's documents, oldest first."""
+        ...
+
+    async def document(self, project_id: str, document_id: str) -> DocumentRow | None: ...
+    async def search_documents(self, project_id: str, query: str, limit: int) -> list[DocumentHit]:
+        """A project's documents that hold any word of `query` (any text: it is taken as
+        words, never as the database's query syntax), best first; [] when it has none."""
+        ...
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None: ...
+    async def scenes(self, project_id: str) -> list[SceneRow]:
+        """A project's scenes by position (then by id)."""
+        ...
+
+    async def scene(self, scene_id: str) -> SceneRow | None: ...
     async def lapsed_generation_ids(self) -> list[str]:
         """Active generations whose lease expired (or that never had one), oldest first."""
         ...

@@ -52,6 +52,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import astuple
 from typing import Any, Final
 
 import asyncpg
@@ -62,23 +63,39 @@ from service.eventlog.event import Encoded, Event, from_row, now_ms
 from service.files import FileRecord
 from service.storage.common import (
     ACTIVE,
+    DOCUMENT_COLUMNS,
     EVENT_COLUMNS,
     GENERATION_COLUMNS,
     MESSAGE_COLUMNS,
+    PERSONA_CHANGES,
+    PERSONA_COLUMNS,
     PROJECT_COLUMNS,
     PROJECT_VIEW,
+    SCENE_CHANGES,
+    SCENE_COLUMNS,
+    SNIPPET_WORDS,
+    any_of_quoted,
+    document_row,
     generation_row,
+    persona_row,
+    persona_values,
     project_row,
+    scene_row,
+    search_terms,
     translating,
 )
 from service.storage.interface import (
     DEFAULT_PIPELINE,
+    DocumentHit,
+    DocumentRow,
     Duplicate,
     FileInfo,
     FileRow,
     GenerationRow,
     MessageRow,
+    PersonaRow,
     ProjectRow,
+    SceneRow,
     StorageError,
 )
 
@@ -190,6 +207,49 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ADD COLUMN inputs jsonb NOT NULL DEFAULT '{}'::jsonb;
     ALTER TABLE projects ADD COLUMN pipeline text;
     """,
+    # 4. The pipelines' state (issue 14): a project's documents with their words as a
+    # generated tsvector (title weighted A, content B) under a GIN index, kept in step by
+    # PostgreSQL itself in the transaction of each write ("a generated column is always
+    # computed from other columns", https://www.postgresql.org/docs/15/ddl-generated-columns.html;
+    # 12.2.2 "Creating Indexes", https://www.postgresql.org/docs/15/textsearch-tables.html);
+    # seq keeps their order among those of one millisecond, as messages' does. What a
+    # project knows of each visitor; scenes.
+    """
+    CREATE TABLE documents (
+        id text PRIMARY KEY,
+        project_id text NOT NULL REFERENCES projects(id),
+        title text NOT NULL,
+        content text NOT NULL,
+        created_at bigint NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        words tsvector GENERATED ALWAYS AS (
+            setweight(to_tsvector('english', title), 'A')
+            || setweight(to_tsvector('english', content), 'B')
+        ) STORED
+    );
+    CREATE INDEX documents_by_project ON documents(project_id, created_at, seq);
+    CREATE INDEX documents_words ON documents USING GIN (words);
+    CREATE TABLE personas (
+        project_id text NOT NULL REFERENCES projects(id),
+        visitor_id text NOT NULL,
+        pain_points jsonb NOT NULL,
+        interests jsonb NOT NULL,
+        visits integer NOT NULL,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (project_id, visitor_id)
+    );
+    CREATE TABLE scenes (
+        id text PRIMARY KEY,
+        project_id text NOT NULL REFERENCES projects(id),
+        position integer NOT NULL,
+        title text NOT NULL,
+        description text NOT NULL,
+        duration_ms bigint NOT NULL,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL
+    );
+    CREATE INDEX scenes_by_project ON scenes(project_id, position, id);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 # Processes starting together migrate one at a time (a transaction-level advisory lock).
@@ -237,6 +297,26 @@ _GENERATION_FIELDS: Final = frozenset(
 _JSON_FIELDS: Final = frozenset({"usage", "timings"})
 _GENERATION_BY_ID: Final = f"SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
 _PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = $1"
+_DOCUMENT: Final = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE project_id = $1 AND id = $2"
+_PERSONA: Final = (
+    f"SELECT {PERSONA_COLUMNS} FROM personas WHERE project_id = $1 AND visitor_id = $2"
+)
+_SCENE: Final = f"SELECT {SCENE_COLUMNS} FROM scenes WHERE id = $1"
+# A search: websearch_to_tsquery never refuses its input ("raw user-supplied text ... will
+# never raise syntax errors", https://www.postgresql.org/docs/15/textsearch-controls.html,
+# 12.3.2), and takes the quoted words `"a" or "b"` as any of them; ts_rank_cd ranks by
+# how densely the document covers them, higher better (12.3.3). The snippet is
+# ts_headline's, its matches unmarked (StartSel and StopSel empty): plain text.
+_SEARCH: Final = f"""
+    SELECT d.id, d.title, ts_rank_cd(d.words, q) AS rank,
+           ts_headline('english', d.content, q,
+                       'StartSel="", StopSel="", MinWords=8, MaxWords={SNIPPET_WORDS}')
+               AS snippet
+    FROM documents d, websearch_to_tsquery('english', $2) q
+    WHERE d.project_id = $1 AND d.words @@ q
+    ORDER BY rank DESC, d.seq
+    LIMIT $3
+"""
 # Ids and rows in one statement (one round trip, atomic even in autocommit): the counter
 # moves by the number of events, under its row lock; each event's data is built here
 # as Encoded.seal builds it ('{"id":N,' then the rest), so the stored bytes and the
@@ -481,6 +561,42 @@ class PostgresStorage:
         )
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
 
+    async def documents(self, project_id: str) -> list[DocumentRow]:
+        rows = await self._readers.fetch(
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE project_id = $1 "
+            "ORDER BY created_at, seq",
+            project_id,
+        )
+        return [document_row(row) for row in rows]
+
+    async def document(self, project_id: str, document_id: str) -> DocumentRow | None:
+        row = await self._readers.fetchrow(_DOCUMENT, project_id, document_id)
+        return document_row(row) if row else None
+
+    async def search_documents(self, project_id: str, query: str, limit: int) -> list[DocumentHit]:
+        terms = search_terms(query)
+        if not terms or limit <= 0:
+            return []
+        rows = await self._readers.fetch(_SEARCH, project_id, any_of_quoted(terms, "or"), limit)
+        return [
+            DocumentHit(row["id"], row["title"], row["snippet"], float(row["rank"])) for row in rows
+        ]
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None:
+        row = await self._readers.fetchrow(_PERSONA, project_id, visitor_id)
+        return persona_row(row) if row else None
+
+    async def scenes(self, project_id: str) -> list[SceneRow]:
+        rows = await self._readers.fetch(
+            f"SELECT {SCENE_COLUMNS} FROM scenes WHERE project_id = $1 ORDER BY position, id",
+            project_id,
+        )
+        return [scene_row(row) for row in rows]
+
+    async def scene(self, scene_id: str) -> SceneRow | None:
+        row = await self._readers.fetchrow(_SCENE, scene_id)
+        return scene_row(row) if row else None
+
     async def lapsed_generation_ids(self) -> list[str]:
         rows = await self._readers.fetch(
             f"SELECT id FROM generations WHERE status IN {ACTIVE} AND {_LAPSED} "
@@ -713,6 +829,52 @@ class PostgresTx:
             *values,
             generation_id,
         )
+
+    async def insert_document(self, document: DocumentRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
+            *astuple(document),
+        )
+
+    async def delete_document(self, project_id: str, document_id: str) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM documents WHERE project_id = $1 AND id = $2", project_id, document_id
+        )
+        return _row_count(status) > 0
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None:
+        row = await self._conn.fetchrow(_PERSONA, project_id, visitor_id)
+        return persona_row(row) if row else None
+
+    async def upsert_persona(self, persona: PersonaRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO personas ({PERSONA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+            f"ON CONFLICT (project_id, visitor_id) DO UPDATE SET {PERSONA_CHANGES}",
+            *persona_values(persona),
+        )
+
+    async def scene(self, scene_id: str) -> SceneRow | None:
+        row = await self._conn.fetchrow(_SCENE, scene_id)
+        return scene_row(row) if row else None
+
+    async def insert_scene(self, scene: SceneRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO scenes ({SCENE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            *astuple(scene),
+        )
+
+    async def update_scene(self, scene: SceneRow) -> bool:
+        assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(SCENE_CHANGES, 2))
+        status = await self._conn.execute(
+            f"UPDATE scenes SET {assignments} WHERE id = $1",
+            scene.id,
+            *(getattr(scene, name) for name in SCENE_CHANGES),
+        )
+        return _row_count(status) > 0
+
+    async def delete_scene(self, scene_id: str) -> bool:
+        status = await self._conn.execute("DELETE FROM scenes WHERE id = $1", scene_id)
+        return _row_count(status) > 0
 
     async def upsert_files(
         self, project_id: str, generation_id: str, files: Iterable[FileRecord]

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,22 +28,38 @@ from service.files import FileRecord
 # backend runs them (SqliteTx below is this backend's).
 from service.storage.common import (
     ACTIVE,
+    DOCUMENT_COLUMNS,
     EVENT_COLUMNS,
     GENERATION_COLUMNS,
     MESSAGE_COLUMNS,
+    PERSONA_CHANGES,
+    PERSONA_COLUMNS,
     PROJECT_COLUMNS,
     PROJECT_VIEW,
+    SCENE_CHANGES,
+    SCENE_COLUMNS,
+    SNIPPET_WORDS,
+    any_of_quoted,
+    document_row,
     generation_row,
+    persona_row,
+    persona_values,
     project_row,
+    scene_row,
+    search_terms,
     translating,
 )
 from service.storage.interface import (
     DEFAULT_PIPELINE,
+    DocumentHit,
+    DocumentRow,
     FileInfo,
     FileRow,
     GenerationRow,
     MessageRow,
+    PersonaRow,
     ProjectRow,
+    SceneRow,
 )
 from service.storage.interface import StorageError as StorageError
 from service.storage.interface import Tx as Tx
@@ -135,11 +152,69 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE generations ADD COLUMN inputs BLOB NOT NULL DEFAULT '{}';
     ALTER TABLE projects ADD COLUMN pipeline TEXT;
     """,
+    # 3. The pipelines' state (issue 14): a project's documents, searched through an FTS5
+    # index of their title and content; what a project knows of each visitor; scenes.
+    # documents_fts is an external-content table (https://www.sqlite.org/fts5.html,
+    # 4.4.3): it stores only the index, reads the text from documents by rowid (seq), and
+    # the triggers keep it in step, in the transaction of each write to documents. The
+    # porter stemmer over unicode61: 'pricing' finds 'price', as PostgreSQL's english does.
+    """
+    CREATE TABLE documents (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        title TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX documents_by_project ON documents(project_id, created_at, seq);
+    CREATE VIRTUAL TABLE documents_fts USING fts5(
+        title, content, content='documents', content_rowid='seq',
+        tokenize='porter unicode61'
+    );
+    CREATE TRIGGER documents_indexed AFTER INSERT ON documents BEGIN
+        INSERT INTO documents_fts (rowid, title, content)
+        VALUES (new.seq, new.title, new.content);
+    END;
+    CREATE TRIGGER documents_unindexed AFTER DELETE ON documents BEGIN
+        INSERT INTO documents_fts (documents_fts, rowid, title, content)
+        VALUES ('delete', old.seq, old.title, old.content);
+    END;
+    CREATE TRIGGER documents_reindexed AFTER UPDATE ON documents BEGIN
+        INSERT INTO documents_fts (documents_fts, rowid, title, content)
+        VALUES ('delete', old.seq, old.title, old.content);
+        INSERT INTO documents_fts (rowid, title, content)
+        VALUES (new.seq, new.title, new.content);
+    END;
+    CREATE TABLE personas (
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        visitor_id TEXT NOT NULL,
+        pain_points BLOB NOT NULL,
+        interests BLOB NOT NULL,
+        visits INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project_id, visitor_id)
+    );
+    CREATE TABLE scenes (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        position INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX scenes_by_project ON scenes(project_id, position, id);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _GENERATION_BY_ID: Final = f"SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ?"
 _PROJECT_EXISTS: Final = "SELECT 1 FROM projects WHERE id = ?"
+_DOCUMENT: Final = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE project_id = ? AND id = ?"
+_PERSONA: Final = f"SELECT {PERSONA_COLUMNS} FROM personas WHERE project_id = ? AND visitor_id = ?"
+_SCENE: Final = f"SELECT {SCENE_COLUMNS} FROM scenes WHERE id = ?"
 # Six values a row; SQLite binds at most 32,766 values in one statement (3.32 and later).
 ROWS_PER_INSERT: Final = 1000
 
@@ -467,6 +542,51 @@ class Storage:
         )
         return "".join(str(orjson.loads(row["data"]).get("delta", "")) for row in rows)
 
+    async def documents(self, project_id: str) -> list[DocumentRow]:
+        rows = await self._all(
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE project_id = ? "
+            "ORDER BY created_at, seq",
+            (project_id,),
+        )
+        return [document_row(row) for row in rows]
+
+    async def document(self, project_id: str, document_id: str) -> DocumentRow | None:
+        row = await self._one(_DOCUMENT, (project_id, document_id))
+        return document_row(row) if row else None
+
+    async def search_documents(self, project_id: str, query: str, limit: int) -> list[DocumentHit]:
+        terms = search_terms(query)
+        if not terms or limit <= 0:
+            return []
+        # bm25: smaller is better (https://www.sqlite.org/fts5.html, 5.1.1), a title's
+        # words weighing twice its content's; the hit's rank is its negation, so that a
+        # higher rank is better on both backends. snippet(-1): the column that matched best.
+        rows = await self._all(
+            "SELECT d.id, d.title, "
+            f"snippet(documents_fts, -1, '', '', '…', {SNIPPET_WORDS}) AS snippet, "
+            "-bm25(documents_fts, 2.0, 1.0) AS rank "
+            "FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid "
+            "WHERE documents_fts MATCH ? AND d.project_id = ? "
+            "ORDER BY rank DESC, d.seq LIMIT ?",
+            (any_of_quoted(terms, "OR"), project_id, limit),
+        )
+        return [DocumentHit(row["id"], row["title"], row["snippet"], row["rank"]) for row in rows]
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None:
+        row = await self._one(_PERSONA, (project_id, visitor_id))
+        return persona_row(row) if row else None
+
+    async def scenes(self, project_id: str) -> list[SceneRow]:
+        rows = await self._all(
+            f"SELECT {SCENE_COLUMNS} FROM scenes WHERE project_id = ? ORDER BY position, id",
+            (project_id,),
+        )
+        return [scene_row(row) for row in rows]
+
+    async def scene(self, scene_id: str) -> SceneRow | None:
+        row = await self._one(_SCENE, (scene_id,))
+        return scene_row(row) if row else None
+
     # One process owns the file (its writer's lock): it holds every lease, none lapses
     # while it lives, and what a dead one left the next start recovers whole.
     @property
@@ -656,6 +776,57 @@ class SqliteTx:
             f"UPDATE generations SET {assignments} WHERE id = ?", (*values, generation_id)
         )
 
+    async def insert_document(self, document: DocumentRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            (
+                document.id,
+                document.project_id,
+                document.title,
+                document.content,
+                document.created_at,
+            ),
+        )
+
+    async def delete_document(self, project_id: str, document_id: str) -> bool:
+        cursor = await self._conn.execute(
+            "DELETE FROM documents WHERE project_id = ? AND id = ?", (project_id, document_id)
+        )
+        return cursor.rowcount > 0
+
+    async def persona(self, project_id: str, visitor_id: str) -> PersonaRow | None:
+        row = await self._one(_PERSONA, (project_id, visitor_id))
+        return persona_row(row) if row else None
+
+    async def upsert_persona(self, persona: PersonaRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO personas ({PERSONA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (project_id, visitor_id) DO UPDATE SET {PERSONA_CHANGES}",
+            persona_values(persona),
+        )
+
+    async def scene(self, scene_id: str) -> SceneRow | None:
+        row = await self._one(_SCENE, (scene_id,))
+        return scene_row(row) if row else None
+
+    async def insert_scene(self, scene: SceneRow) -> None:
+        await self._conn.execute(
+            f"INSERT INTO scenes ({SCENE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            astuple(scene),
+        )
+
+    async def update_scene(self, scene: SceneRow) -> bool:
+        assignments = ", ".join(f"{name} = ?" for name in SCENE_CHANGES)
+        cursor = await self._conn.execute(
+            f"UPDATE scenes SET {assignments} WHERE id = ?",
+            (*(getattr(scene, name) for name in SCENE_CHANGES), scene.id),
+        )
+        return cursor.rowcount > 0
+
+    async def delete_scene(self, scene_id: str) -> bool:
+        cursor = await self._conn.execute("DELETE FROM scenes WHERE id = ?", (scene_id,))
+        return cursor.rowcount > 0
+
     async def upsert_files(
         self, project_id: str, generation_id: str, files: Iterable[FileRecord]
     ) -> None:
@@ -751,6 +922,21 @@ class SqliteTx:
         return None
 
 
+def _statements(script: str) -> list[str]:
+    """A migration's statements, one at a time (execute runs one): split at each `;`
+    that ends a whole statement, so a trigger's body, `;`s and all, stays one."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"an incomplete statement in a migration: {pending!r}")
+    return statements
+
+
 async def _migrate(conn: aiosqlite.Connection) -> None:
     row = await (await conn.execute("PRAGMA user_version")).fetchone()
     version = int(row[0]) if row else 0
@@ -762,9 +948,8 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
     for number in range(version, SCHEMA_VERSION):
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
+            for statement in _statements(MIGRATIONS[number]):
+                await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {number + 1}")
             await conn.execute("COMMIT")
         except BaseException:

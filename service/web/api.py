@@ -33,7 +33,11 @@ DATA_IMAGE_PREFIX: Final = "data:image/"
 # optional field (`pipline`, `image_url`) ignored in silence is a request that did not do
 # what its sender meant. The description says so (additionalProperties: false).
 PROJECT_FIELDS: Final = frozenset({"name"})
-GENERATION_FIELDS: Final = frozenset({"prompt", "image_urls", "client_request_id"})
+GENERATION_FIELDS: Final = frozenset(
+    {"prompt", "image_urls", "client_request_id", "pipeline", "inputs"}
+)
+# A pipeline's name as a submit may give it (pipeline.NAME: at most 40 characters).
+MAX_PIPELINE_CHARS: Final = 40
 TOKEN_FIELDS: Final = frozenset({"projects", "project_prefix", "rights", "expires_in", "subject"})
 APP_EVENT_FIELDS: Final = ("type", "data")
 # White space, spelt out: a text field that holds nothing else is refused, and
@@ -252,6 +256,18 @@ async def project_stream(request: web.Request) -> web.StreamResponse:
 # -- generations -----------------------------------------------------------------------
 
 
+@routes.get("/api/pipelines")
+async def list_pipelines(request: web.Request) -> web.Response:
+    pipelines = _services(request).generations.pipelines
+    default = _services(request).settings.generation.pipeline
+    return json_response(
+        {
+            "default": default,
+            "pipelines": [views.pipeline(p) for _, p in sorted(pipelines.items())],
+        }
+    )
+
+
 def _image_urls(body: dict[str, Any], limit: int) -> list[str]:
     if "image_urls" not in body:
         return []
@@ -284,7 +300,13 @@ async def create_generation(request: web.Request) -> web.StreamResponse:
     prompt = _text(body["prompt"], "prompt", limits.max_prompt_chars)
     image_urls = _image_urls(body, limits.max_image_urls)
     request_id = _optional_text(body, "client_request_id", MAX_REQUEST_ID_CHARS)
-    submission = await services.generations.submit(project_id, prompt, image_urls, request_id)
+    pipeline = _optional_text(body, "pipeline", MAX_PIPELINE_CHARS)
+    inputs = body.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise bad_request("inputs", "must be an object (the pipeline's inputs)")
+    submission = await services.generations.submit(
+        project_id, prompt, image_urls, request_id, pipeline, inputs
+    )
     generation = submission.generation
     if _wants_stream(request):
         target = StreamTarget(project_id, generation.id)

@@ -55,6 +55,7 @@ READ_PROJECT: Final = Need(Reach.PROJECT)
 READ_GENERATION: Final = Need(Reach.GENERATION)
 POLICIES: Final[dict[tuple[str, str], Need]] = {
     ("GET", "/api/openapi.json"): Need(Reach.ANY),
+    ("GET", "/api/pipelines"): Need(Reach.ANY),
     ("GET", "/api/projects"): Need(Reach.ANY),
     ("POST", "/api/projects"): Need(Reach.MASTER),
     ("GET", "/api/projects/{pid}"): READ_PROJECT,

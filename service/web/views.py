@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.generation.pipeline import Pipeline
 from service.storage.interface import FileInfo, FileRow, GenerationRow, MessageRow, ProjectRow
 
 
@@ -88,4 +89,16 @@ def file(row: FileRow) -> dict[str, Any]:
         "sha256": row.sha256,
         "generation_id": row.generation_id,
         "updated_at": row.updated_at,
+    }
+
+
+def pipeline(declared: Pipeline) -> dict[str, Any]:
+    """A pipeline as GET /api/pipelines lists it: its stages, event types and inputs."""
+    return {
+        "name": declared.name,
+        "label": declared.label,
+        "description": declared.description,
+        "stages": [stage.describe() for stage in declared.stages],
+        "events": [spec.type for spec in declared.events],
+        "inputs": declared.inputs,
     }

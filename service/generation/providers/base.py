@@ -17,12 +17,24 @@ class ModelRequest:
     files: tuple[FileRecord, ...] = ()
     # Earlier turns of the chat, oldest first: (role, content).
     history: tuple[tuple[str, str], ...] = ()
+    # The system prompt of a pipeline's own task; None: the code pipeline's (prompts.py).
+    instructions: str | None = None
+    # What the offline provider streams for this request, where a pipeline computes its
+    # deterministic answer itself; None: the offline provider's code templates.
+    offline_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        """The usage of two calls of one run, together."""
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {

@@ -54,7 +54,7 @@ class OfflineProvider:
         self.tokens_per_second = tokens_per_second
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Chunk, None]:
-        text = render(request)
+        text = render(request) if request.offline_text is None else request.offline_text
         tokens = tokenize(text)
         usage = Usage(len(request.prompt) // 4 + 1, len(tokens))
         step = 1 if self.tokens_per_second else self.BURST_TOKENS
