@@ -25,8 +25,10 @@ from service.eventlog.feed import SharedFeed
 from service.eventlog.journal import Emit, Journal
 from service.eventlog.schemas import SchemaProblem, Schemas
 from service.generation.lifecycle import Generations
+from service.generation.pipeline import Pipeline
 from service.generation.providers import make_provider
 from service.metrics import Gauges, Metrics
+from service.pipelines import PipelineError, load_pipelines
 from service.protocol import CloseReason
 from service.storage import location, open_storage
 from service.storage.interface import SharedLog, Storage, StorageError, Tx
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 DESCRIPTION = web.AppKey("description", bytes)
+PIPELINES = web.AppKey("pipelines", Mapping[str, Pipeline])
 STATIC_DIR: Final = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,6 +150,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout_seconds=settings.generation.timeout_seconds,
         metrics=stats,
         limits=settings.generation,
+        pipelines=app[PIPELINES],
     )
     connections = Connections(settings.stream.max_streams, settings.stream.max_streams_per_project)
     stats.read_at_scrape(
@@ -188,6 +192,20 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         if feed is not None:  # after the journal: its last commits still reach streams
             await feed.close()
         await storage.close()
+
+
+def _pipelines(settings: Settings, given: Mapping[str, Pipeline] | None) -> dict[str, Pipeline]:
+    try:
+        pipelines = load_pipelines() if given is None else dict(given)
+    except PipelineError as exc:
+        raise ConfigError(str(exc)) from exc
+    default = settings.generation.pipeline
+    if default not in pipelines:
+        known = ", ".join(sorted(pipelines))
+        raise ConfigError(
+            f"generation.pipeline: no pipeline named {default!r} (there are: {known})"
+        )
+    return pipelines
 
 
 async def _shared_feed(settings: Settings, storage: Storage, broker: Broker) -> SharedFeed | None:
@@ -247,7 +265,11 @@ def event_schemas(
     return schemas
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, pipelines: Mapping[str, Pipeline] | None = None
+) -> web.Application:
+    """The application. `pipelines`: what it runs (default: the built-ins and those of
+    installed packages, service.pipelines.load_pipelines)."""
     middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [
         request_log.context_middleware,
         error_middleware,
@@ -263,9 +285,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[PIPELINES] = _pipelines(settings, pipelines)
     app[auth.TOKENS] = tokens
-    app[DESCRIPTION] = orjson.dumps(describe(settings))
-    app[SCHEMAS] = event_schemas(settings)
+    app[DESCRIPTION] = orjson.dumps(
+        describe(settings, {name: p.inputs for name, p in app[PIPELINES].items()})
+    )
+    app[SCHEMAS] = event_schemas(
+        settings,
+        {spec.type: spec.schema for p in app[PIPELINES].values() for spec in p.events},
+    )
     app.cleanup_ctx.append(_services_ctx)
     app.on_shutdown.append(_say_goodbye)
     app.on_response_prepare.append(request_log.echo_request_id)

@@ -11,6 +11,7 @@ tests/test_openapi.py runs schemathesis against the real server with it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiohttp import hdrs
@@ -233,11 +234,53 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "the first made (202, created: false); the same id with another prompt "
                     "or other images is a 409 client_request_id_reused",
                 ),
+                pipeline={
+                    "type": "string",
+                    "maxLength": 40,
+                    "description": "the pipeline to run (GET /api/pipelines); default: the "
+                    "project's, else generation.pipeline; an unknown one is a 400 "
+                    "unknown_pipeline",
+                },
+                inputs={
+                    "type": "object",
+                    "description": "the pipeline's inputs, checked against its inputs "
+                    "schema (a 400 invalid_inputs names the first error)",
+                },
             ),
             "additionalProperties": False,
         },
         **_token_schemas(settings),
     }
+
+
+def _with_pipelines(
+    schemas: dict[str, Schema],
+    settings: Settings,
+    pipelines: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, Schema]:
+    """A submit's `pipeline` is one of those installed, and its `inputs` follow that
+    pipeline's inputs schema (`pipelines`: name -> inputs schema); with no `pipeline`,
+    the configured default's (a project's own default is not described here)."""
+    if not pipelines:
+        return schemas
+    body = schemas["GenerationBody"]
+    body["properties"]["pipeline"]["enum"] = sorted(pipelines)
+    default = settings.generation.pipeline
+    body["allOf"] = [
+        {
+            "if": {"required": ["pipeline"], "properties": {"pipeline": {"const": name}}},
+            "then": {"properties": {"inputs": dict(inputs)}},
+        }
+        for name, inputs in sorted(pipelines.items())
+    ]
+    if default in pipelines:
+        body["allOf"].append(
+            {
+                "if": {"not": {"required": ["pipeline"]}},
+                "then": {"properties": {"inputs": dict(pipelines[default])}},
+            }
+        )
+    return schemas
 
 
 def _token_schemas(settings: Settings) -> dict[str, Schema]:
@@ -694,6 +737,24 @@ def _service_paths() -> dict[str, Any]:
         "/api/openapi.json": {
             "get": _op("describe", "this description", ("200", _ok("it", {"type": "object"})))
         },
+        "/api/pipelines": {
+            "get": _op(
+                "listPipelines",
+                "the pipelines a submit may name: stages, event types, inputs schema",
+                (
+                    "200",
+                    _ok(
+                        "pipelines",
+                        _object(
+                            {
+                                "default": STRING,
+                                "pipelines": {"type": "array", "items": {"type": "object"}},
+                            }
+                        ),
+                    ),
+                ),
+            )
+        },
         "/healthz": {
             "get": {
                 "operationId": "health",
@@ -723,7 +784,9 @@ def _service_paths() -> dict[str, Any]:
     }
 
 
-def describe(settings: Settings) -> dict[str, Any]:
+def describe(
+    settings: Settings, pipelines: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """The description of the API as this server runs it. The token, when one is set,
     guards every route but /healthz: as a bearer token, or as ?token= on the streams
     (EventSource cannot set headers); with none set, no route declares it."""
@@ -740,7 +803,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "parse is a 400 malformed_request."
             ),
         },
-        "components": {"schemas": _schemas(settings)},
+        "components": {"schemas": _with_pipelines(_schemas(settings), settings, pipelines)},
         "paths": {
             **_project_paths(body_limit),
             **_generation_paths(body_limit),
