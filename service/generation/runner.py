@@ -44,11 +44,12 @@ class Runner:
         metrics: Metrics,
         limits: GenerationSettings,
     ) -> None:
-        self._storage = storage
-        self._journal = journal
-        self._provider = provider
-        self._metrics = metrics
-        self._limits = limits
+        # Read by each run's Steps, which write through them.
+        self.storage = storage
+        self.journal = journal
+        self.provider = provider
+        self.metrics = metrics
+        self.limits = limits
 
     async def run(self, run: Run, generation: GenerationRow, pipeline: Pipeline) -> None:
         await self._begin(run, pipeline)
@@ -61,7 +62,7 @@ class Runner:
         await self._complete(run, pipeline, outcome)
 
     async def _begin(self, run: Run, pipeline: Pipeline) -> None:
-        provider, model = self._provider.name, self._provider.model
+        provider, model = self.provider.name, self.provider.model
         first = pipeline.first
 
         async def start(tx: Tx, emit: Emit) -> None:
@@ -79,7 +80,7 @@ class Runner:
             )
             await emit(drafts.stage(run, first, "active", first.start))
 
-        await self._journal.transact(guarded(run.guard, start))
+        await self.journal.transact(guarded(run.guard, start))
         run.progress = first.start
 
     async def _complete(self, run: Run, pipeline: Pipeline, outcome: Outcome) -> None:
@@ -111,8 +112,8 @@ class Runner:
             await emit(drafts.stage(run, last, "complete", 100))
             await emit(run.draft(ev.GENERATION_COMPLETED, **completed))
 
-        await self._journal.transact(guarded(run.guard, finish))
-        self._metrics.generations.labels("completed", "").inc()
+        await self.journal.transact(guarded(run.guard, finish))
+        self.metrics.generations.labels("completed", "").inc()
         log.info("generation %s completed: %s", run.generation_id, summary)
 
     async def stage(
@@ -127,7 +128,7 @@ class Runner:
             await tx.update_generation(run.generation_id, stage=stage.id, progress=progress)
             await emit(drafts.stage(run, stage, status, progress))
 
-        await self._journal.transact(guarded(run.guard, record))
+        await self.journal.transact(guarded(run.guard, record))
         run.progress = progress
 
 
@@ -143,8 +144,8 @@ class Steps:
         self._run = run
         self._generation = generation
         self._pipeline = pipeline
-        self._appends = _ChunkAppends(runner._journal, run)
-        self._bounds = OutputBounds(runner._limits)
+        self._appends = _ChunkAppends(runner.journal, run)
+        self._bounds = OutputBounds(runner.limits)
 
     @property
     def generation(self) -> GenerationRow:
@@ -152,11 +153,11 @@ class Steps:
 
     @property
     def storage(self) -> Storage:
-        return self._runner._storage
+        return self._runner.storage
 
     @property
     def limits(self) -> GenerationSettings:
-        return self._runner._limits
+        return self._runner.limits
 
     @property
     def progress(self) -> int:
@@ -191,13 +192,13 @@ class Steps:
         self._appends.hand_over()
 
     async def model(self, request: ModelRequest) -> AsyncIterator[Chunk]:
-        run, metrics = self._run, self._runner._metrics
+        run, metrics = self._run, self._runner.metrics
         asked = time.perf_counter()
         # aclosing: a failure while the pipeline reads (a cap crossed included) closes
         # the provider's stream (its HTTP connection) now, not when the collector runs.
         try:
             async with contextlib.aclosing(
-                whole_characters(self._runner._provider.stream(request))
+                whole_characters(self._runner.provider.stream(request))
             ) as chunks:
                 async for chunk in chunks:
                     if chunk.usage is not None:
@@ -223,7 +224,7 @@ class Steps:
 
             return await work(tx, emit_checked)
 
-        return await self._runner._journal.transact(guarded(self._run.guard, checked))
+        return await self._runner.journal.transact(guarded(self._run.guard, checked))
 
 
 class _ChunkAppends:
