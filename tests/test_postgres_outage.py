@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import orjson
 
 from service.eventlog import event as ev
 from tests.helpers import wait_until
@@ -105,7 +106,7 @@ async def test_writes_answer_503_while_postgres_is_down_and_all_resumes_exactly_
     """A generation mid-run and a stream of its project open when PostgreSQL stops:
     each write (a project, a generation, the cancel) and a read answers 503
     storage_unavailable within ANSWERED_WITHIN, the stream sends pings throughout. Back:
-    the first generation ends (failed or cancelled, once), the writes pass, a second
+    the first generation ends (failed, storage_unavailable, once), the writes pass, a second
     generation completes, and the stream that stayed open (from cursor 0) and one resumed
     from its cursor at the outage hold exactly the database's log, ids and bytes."""
     async with server(
@@ -136,14 +137,20 @@ async def test_writes_answer_503_while_postgres_is_down_and_all_resumes_exactly_
                         await _refused(process, method, path, body)
                     await _heartbeats(reader, stayed, PINGS)  # and still, after the writes
                     resume_at = stayed.last_id
-                # Back: the first generation ends (its writes were refused, or its cancel
-                # landed), the stream that stayed open gets that end.
+                # Back: the stream that stayed open gets the first generation's end.
                 await _read_until(reader, stayed, lambda f: is_end(f, running))
+                # Its next append was refused, so it failed: that end landed once it was back.
+                end = orjson.loads(stayed.events[-1][1])
+                assert (end["type"], end["code"], end["retryable"]) == (
+                    ev.GENERATION_FAILED,
+                    "storage_unavailable",
+                    True,
+                ), end
                 await _passes_when_back(process, "POST", "/api/projects", {"name": "after"}, 201)
                 ended = await _passes_when_back(
                     process, "POST", f"/api/generations/{running}/cancel", {}, 200
                 )
-                assert ended["status"] in ("failed", "cancelled"), ended
+                assert ended["status"] == "failed", ended  # a cancel changes no ended one
                 second = await _passes_when_back(
                     process,
                     "POST",

@@ -4,8 +4,9 @@ process goes on once the trouble is over, or, when it cannot write at all from t
 stops with a clear error.
 
 SQLite's troubles, each marked sqlite_only with why: a file lock, a file-size limit and
-a file's mode are SQLite's; PostgreSQL's (unreachable, lost while running) are in
-tests/test_postgres_storage.py."""
+a file's mode are SQLite's; PostgreSQL's are in tests/test_postgres_storage.py
+(unreachable at start, a lost connection) and tests/test_postgres_outage.py (stopped while
+a process runs on it)."""
 
 from __future__ import annotations
 
