@@ -6,7 +6,12 @@ from __future__ import annotations
 import io
 import zipfile
 
+import pytest
+
 from tests.conftest import Genstream
+
+# The archive reads each file's content from the storage (file_contents): both backends.
+pytestmark = pytest.mark.backends
 
 
 async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
