@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps postgres vendor
 
-$(STAMP): pyproject.toml
+# The example pipeline package (README "Pipelines") is installed beside genstream: its
+# entry point is read from its installed metadata, so a change to its pyproject.toml
+# installs it again; its code is editable.
+EXAMPLE := examples/genstream-quiz
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench]' -e $(EXAMPLE)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -89,8 +93,8 @@ test: $(STAMP) browser nginx caddy haproxy openssl postgres node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench examples
+	$(BIN)/ruff format --check service tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports  # the borders between the parts (pyproject.toml [tool.importlinter])
 
@@ -103,4 +107,4 @@ bench-smoke: $(STAMP)
 	$(BIN)/pytest -q tests/test_bench_smoke.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache *.egg-info $(EXAMPLE)/*.egg-info
