@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx caddy haproxy openssl node-deps postgres vendor
+.PHONY: install run test lint bench bench-smoke clean demo-openai browser nginx nchan caddy haproxy openssl node-deps postgres vendor
 
 # The example pipeline package (README "Pipelines") is installed beside genstream: its
 # entry point is read from its installed metadata, so a change to its pyproject.toml
@@ -43,6 +43,12 @@ browser:
 NGINX := /usr/sbin/nginx
 nginx:
 	@$(call system_package,$(NGINX),nginx,the reverse-proxy test)
+
+# The benchmark's C reference: nginx with Debian's nchan module (bench/nchan.py), both
+# installed when the module is missing; without it `make bench` says so and skips nchan.
+NCHAN := /usr/lib/nginx/modules/ngx_nchan_module.so
+nchan:  # a module, not executable: system_package's `test -x` would never find it
+	@test -e $(NCHAN) || $(call system_package,$(NCHAN),nginx libnginx-mod-nchan,the benchmark's nchan reference)
 
 # The same tests for Debian's Caddy and HAProxy (tests/test_proxies.py), and openssl for
 # the self-signed certificate of their HTTPS (HTTP/2) recipes: installed when missing.
@@ -89,7 +95,7 @@ system_package = if test -x $(1); then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); \
 	else echo "make: $(1) is missing and installing $(2) needs root: $(3) will be skipped"; fi
 
-test: $(STAMP) browser nginx caddy haproxy openssl postgres node-deps
+test: $(STAMP) browser nginx nchan caddy haproxy openssl postgres node-deps
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -98,12 +104,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports  # the borders between the parts (pyproject.toml [tool.importlinter])
 
-# genstream, aiohttp-sse and a raw aiohttp server side by side (README "Performance");
-# about ten minutes on two cores. bench-smoke is the same at tiny sizes (part of `test`).
-bench: $(STAMP)
+# genstream, aiohttp-sse, a raw aiohttp server and nginx with nchan side by side (README
+# "Performance"); about ten minutes on two cores. bench-smoke is the same at tiny sizes
+# (part of `test`).
+bench: $(STAMP) nchan
 	$(BIN)/python -m bench.run
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) nchan
 	$(BIN)/pytest -q tests/test_bench_smoke.py
 
 clean:

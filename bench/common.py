@@ -10,6 +10,7 @@ import itertools
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,17 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server that cannot be told to take port 0 and say
+    which it got (the workers of `--workers`, nginx). It is bound after this socket is
+    closed: another program could take it in between, which on the benchmark's quiet
+    machine does not happen."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def payload(size: int, overhead: int) -> dict[str, Any]:

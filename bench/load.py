@@ -2,8 +2,10 @@
 
 Every stream counts `data: ` in the bytes it receives (one per event on every server
 measured) and notes when it has them all; only a sample of streams parses the
-hand-off time out of each event for latency. That keeps the client cheaper than the
-servers it measures: its CPU seconds are reported next to theirs.
+hand-off time out of each event for latency. During a flood each stream is read in
+gulps (SO_RCVLOWAT, `Reader`), not a recv per event. That keeps the client cheaper than
+the servers it measures, nchan (nginx, in C) included: its CPU seconds are reported
+next to theirs.
 
     python -m bench.load KIND URL PID[,PID...] MODE [options]   (prints one JSON object)
 """
@@ -15,6 +17,7 @@ import asyncio
 import functools
 import re
 import resource
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +33,21 @@ from bench import common
 DATA: Final = b"data: "
 HAND_OFF: Final = re.compile(rb'"t":(\d+)')
 CONNECT_CONCURRENCY: Final = 200
+TAIL: Final = len(DATA) - 1
+# During a flood a stream is read in gulps of up to this many bytes: socket(7)
+# SO_RCVLOWAT, the kernel reports the socket readable only once that much has arrived.
+# Read as soon as anything arrives, each event cost the client one wake-up and one recv
+# (and its ACK) per stream, as much CPU as nchan spent sending it: at 1,000 subscribers
+# and 2,000 events 9.2 CPU s (three quarters in the kernel) against nchan's 10.1; read in
+# gulps, 0.6 to 1.4 s.
+GULP: Final = 32 * 1024
+# Fewer streams are read at once. Bytes left unread delay the client's ACK (up to 40 ms
+# on Linux), and nginx holds a stream's next small write until its last is ACKed (Nagle:
+# it sets TCP_NODELAY on keep-alive connections, not on a response in progress): nchan at
+# 1 subscriber took 42 ms for 50 events read in gulps, 1 to 2 ms read at once. With many
+# streams nginx writes the others meanwhile, so the wait is hidden (at 100 subscribers
+# nchan's events/s were the same or higher, the client's CPU a sixth).
+GULPS_FROM: Final = 100
 COMPLETED: Final = b"event: generation.completed"
 
 
@@ -38,6 +56,17 @@ class Server:
     kind: str
     url: str
     pids: tuple[int, ...]  # every process serving it (the workers of `--workers`)
+    # Where /bench/topic and /bench/inject are served, when not at `url`: nchan's producer
+    # (bench/server_nchan.py), a process of its own, its CPU counted apart.
+    control: str | None = None
+    producer_pids: tuple[int, ...] = ()
+
+    @property
+    def control_url(self) -> str:
+        return self.url if self.control is None else self.control
+
+    def producer_cpu_seconds(self) -> float:
+        return sum(common.cpu_seconds(pid) for pid in self.producer_pids)
 
     def cpu_seconds(self) -> float:
         return sum(common.cpu_seconds(pid) for pid in self.pids)
@@ -69,9 +98,14 @@ class Server:
         return "/api/projects" if self.kind == "genstream" else "/bench/topic"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reader(asyncio.Protocol):
-    """One SSE stream read off a raw socket."""
+    """One SSE stream read off a raw socket.
+
+    `reset(goal, sampled, gulps=True)`: read the next `goal` events in gulps (GULP). The
+    low-water mark is kept at most half the bytes still to come, reckoned from the
+    frames seen before the reset, so the kernel never holds back the last of them: it
+    falls as the stream nears its goal, to 1 byte for the last frames."""
 
     request: bytes
     goal: int = 0
@@ -86,6 +120,9 @@ class Reader(asyncio.Protocol):
     _head: bytes = b""
     _tail: bytes = b""
     _lines: bytes = b""
+    _bytes: int = 0  # of the stream since the last reset
+    _frame: int = 0  # the bytes of an event, when read in gulps (0: at once)
+    _lowat: int = 1  # the socket's SO_RCVLOWAT (1: the kernel's default)
     transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,19 +142,42 @@ class Reader(asyncio.Protocol):
                 return
             data = self._head[end + 4 :]
             self.opened.set_result(now)
-        joined = self._tail + data
-        self.count += joined.count(DATA)
-        self._tail = joined[-(len(DATA) - 1) :]
+        # A `data: ` cut by the previous read is in its tail and this read's start (TAIL
+        # bytes hold none whole), so no bytes are joined but those.
+        self.count += data.count(DATA) + (self._tail + data[:TAIL]).count(DATA)
+        self._tail = data[-TAIL:] if len(data) >= TAIL else (self._tail + data)[-TAIL:]
+        self._bytes += len(data)
         if self.sampled:
             self._sample(data, now)
         if self.goal and self.count >= self.goal and not self.done_ns:
             self.done_ns = now
             if self.on_goal is not None:
                 self.on_goal(self)
+        elif self._frame:
+            self._lower(self._mark())
 
-    def reset(self, goal: int, sampled: bool) -> None:
+    def reset(self, goal: int, sampled: bool, gulps: bool = False) -> None:
+        frame = self._bytes // self.count if self.count else 0
         self.goal, self.sampled, self.count, self.done_ns = goal, sampled, 0, 0
         self._tail = self._lines = b""
+        self._bytes = 0
+        self._frame = frame if gulps else 0
+        self._set_lowat(self._mark())
+
+    def _mark(self) -> int:
+        if not self._frame:
+            return 1
+        return max(1, min(GULP, (self.goal - self.count) * self._frame // 2))
+
+    def _lower(self, mark: int) -> None:
+        if mark < self._lowat:
+            self._set_lowat(mark)
+
+    def _set_lowat(self, mark: int) -> None:
+        if mark != self._lowat and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+            self._lowat = mark
 
     def _sample(self, data: bytes, now: int) -> None:
         self._lines += data
@@ -176,7 +236,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _new_topic(http: aiohttp.ClientSession, server: Server) -> str:
-    async with http.post(server.url + server.topic_path(), json={"name": "bench"}) as response:
+    url = server.control_url + server.topic_path()
+    async with http.post(url, json={"name": "bench"}) as response:
         assert response.status == 201, await response.text()
         topic: str = (await response.json())["id"]
         return topic
@@ -186,7 +247,7 @@ async def _inject(
     http: aiohttp.ClientSession, server: Server, topic: str, n: int, size: int, rate: float = 0
 ) -> int:
     params = {"topic": topic, "n": str(n), "size": str(size), "rate": str(rate)}
-    async with http.post(server.url + "/bench/inject", params=params) as response:
+    async with http.post(server.control_url + "/bench/inject", params=params) as response:
         assert response.status == 200, await response.text()
         first: int = (await response.json())["first_ns"]
         return first
@@ -223,12 +284,14 @@ async def fanout(
         await _deliver(http, server, topic, readers, latency_events, size, latency_rate)
         latencies = [ns / 1e6 for r in readers for ns in r.latencies_ns]
         for reader in readers:
-            reader.reset(events, sampled=False)
+            reader.reset(events, sampled=False, gulps=subscribers >= GULPS_FROM)
         server.reset_peak_rss()
         cpu0, client0 = server.cpu_seconds(), _client_cpu()
+        producer0 = server.producer_cpu_seconds()
         first_ns = await _deliver(http, server, topic, readers, events, size, 0)
         cpu = server.cpu_seconds() - cpu0
         client = _client_cpu() - client0
+        producer = server.producer_cpu_seconds() - producer0
         last_ns = max(r.done_ns for r in readers)
     finally:
         for reader in readers:
@@ -243,6 +306,7 @@ async def fanout(
         "server_cpu_s": cpu,
         "server_peak_rss_mib": server.peak_rss_bytes() / 2**20,
         "client_cpu_s": client,
+        **({"producer_cpu_s": producer} if server.producer_pids else {}),
     }
 
 
@@ -384,7 +448,7 @@ async def offline(http: aiohttp.ClientSession, server: Server, runs: int) -> dic
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(args.kind, args.url, tuple(int(pid) for pid in args.pids.split(",")))
+    server = Server(args.kind, args.url, _pids(args.pids), args.control, _pids(args.producer))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         if args.mode == "fanout":
@@ -407,9 +471,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return await offline(http, server, args.count)
 
 
+def _pids(listed: str) -> tuple[int, ...]:
+    return tuple(int(pid) for pid in listed.split(",") if pid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("genstream", "aiohttp-sse", "raw"))
+    parser.add_argument("kind", choices=("genstream", "aiohttp-sse", "raw", "nchan"))
     parser.add_argument("url")
     parser.add_argument("pids", help="the server's process ids, comma-separated")
     parser.add_argument("mode", choices=("fanout", "ttfb", "idle", "replay", "offline"))
@@ -422,6 +490,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--streams", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--control", help="the url of the bench routes, if not URL's")
+    parser.add_argument("--producer", default="", help="the producer's pids, if apart")
     args = parser.parse_args()
     common.raise_nofile()
     print(orjson.dumps(common.run(main_async(args))).decode(), flush=True)

@@ -1,8 +1,10 @@
-"""`make bench`: genstream and two references, side by side, on 127.0.0.1.
+"""`make bench`: genstream and its references, side by side, on 127.0.0.1.
 
-Starts three servers as separate processes (genstream with a bench-only inject route,
-aiohttp-sse, a raw aiohttp server), drives each with the load client (bench/load.py,
-its own process), runs the journal benchmark, prints a table and writes JSON.
+Starts the servers as separate processes (genstream with a bench-only inject route,
+aiohttp-sse, a raw aiohttp server, and nginx with nchan at 1 and 2 workers fed by its
+producer, bench/server_nchan.py, when Debian's module is installed), drives each with
+the load client (bench/load.py, its own process), runs the journal benchmark, prints a
+table and writes JSON.
 
     python -m bench.run [--quick] [--out bench/results/latest.json]
 """
@@ -27,16 +29,17 @@ from typing import Any, Final
 
 import orjson
 
-from bench import common
+from bench import common, nchan
 from tests.postgres import BASE_OPTIONS, Cluster, PostgresMissing
 
 KINDS: Final = ("genstream", "aiohttp-sse", "raw")
-REFERENCES: Final = ("aiohttp-sse", "raw")
 MODULES: Final = {
     "genstream": "bench.server_genstream",
     "aiohttp-sse": "bench.server_sse",
     "raw": "bench.server_raw",
 }
+# nginx with nchan, by its worker processes. The load client reads it as kind "nchan".
+NCHAN_KINDS: Final = {"nchan-1w": 1, "nchan-2w": 2}
 FANOUT_FIGURES: Final = (
     "events_per_s",
     "p50_ms",
@@ -44,6 +47,16 @@ FANOUT_FIGURES: Final = (
     "server_peak_rss_mib",
     "server_cpu_s",
 )
+# What the table says under nchan's rows: it is not measured as the others are.
+NCHAN_ASYMMETRIES: Final = (
+    "its producer (bench/server_nchan.py) is a process of its own: its CPU is the producer "
+    "column, not in cpu s",
+    "its latency includes one more HTTP hop: each event's POST from the producer to nginx",
+    "it stores nothing (its messages are in shared memory only), while genstream commits "
+    "every event to SQLite before any subscriber sees it",
+)
+# A fan-out row holds each server's figures by its name, and these.
+ROW_EXTRAS: Final = ("ratios", "latency_phase", "events")
 DEFAULT_OUT: Final = Path(__file__).parent / "results" / "latest.json"
 # The latency phase hands off at a pace every server sustains: this many deliveries/s.
 LATENCY_DELIVERIES_PER_S: Final = 5_000
@@ -53,6 +66,7 @@ LATENCY_DELIVERIES_PER_S: Final = 5_000
 class Sizes:
     subscribers: tuple[int, ...]
     events: int
+    events_at: dict[int, int]  # fewer events in the flood at these subscriber counts
     size: int
     repeats: dict[int, int]  # runs per subscriber count (the median is kept)
     latency_seconds: float
@@ -71,12 +85,14 @@ class Sizes:
 
 
 FULL: Final = Sizes(
-    subscribers=(1, 100, 1000),
+    subscribers=(1, 100, 1000, 5000),
     events=2000,
+    # 5,000 streams get 400 events each: two million deliveries, as many as 1,000 get.
+    events_at={5000: 400},
     size=200,
     # Three runs where time allows: a flood to a thousand streams of aiohttp-sse alone
     # takes minutes on two cores.
-    repeats={1: 3, 100: 3, 1000: 1},
+    repeats={1: 3, 100: 3, 1000: 1, 5000: 1},
     latency_seconds=5.0,
     replay_events=100_000,
     idle_streams=5000,
@@ -92,6 +108,7 @@ FULL: Final = Sizes(
 QUICK: Final = Sizes(
     subscribers=(1, 5),
     events=50,
+    events_at={5: 40},
     size=200,
     repeats={1: 1, 5: 1},
     latency_seconds=0.2,
@@ -114,6 +131,9 @@ class Running:
     process: subprocess.Popen[bytes]
     url: str
     pids: tuple[int, ...]  # the processes that serve (with --workers, the workers)
+    # nchan's: its producer (`process`) serves the bench routes, nginx (`pids`) the streams.
+    control: str | None = None
+    producer: tuple[int, ...] = ()
 
 
 @contextlib.contextmanager
@@ -132,6 +152,37 @@ def servers(tmp: Path, readers: int | None = None) -> Iterator[dict[str, Running
         yield started
     finally:
         stop(started.values())
+
+
+@contextlib.contextmanager
+def nchan_servers(tmp: Path, log: Any) -> Iterator[dict[str, Running] | str]:
+    """nginx with nchan at 1 and 2 workers, each with its producer; or why not."""
+    reason = nchan.missing()
+    if reason is not None:
+        log(f"nchan: skipped, {reason}")
+        yield reason
+        return
+    started: dict[str, Running] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            for kind, workers in NCHAN_KINDS.items():
+                nginx = stack.enter_context(nchan.running(tmp / kind, workers))
+                command = [sys.executable, "-m", "bench.server_nchan", "--nchan", nginx.url]
+                producer = launch("nchan", command)
+                stack.callback(stop, [producer])
+                started[kind] = Running(
+                    "nchan", producer.process, nginx.url, nginx.pids, producer.url, producer.pids
+                )
+        except RuntimeError as exc:
+            # Installed but not running (a module built for another nginx, say): the
+            # rest of the benchmark still runs, and the report says why nchan did not.
+            reason = f"nginx with nchan did not start: {exc}"
+        if reason is not None:
+            stack.close()
+            log(f"nchan: skipped, {reason}")
+            yield reason
+            return
+        yield started
 
 
 def launch(kind: str, command: list[str], processes: int = 1) -> Running:
@@ -172,6 +223,8 @@ def _port(process: subprocess.Popen[bytes]) -> tuple[int, int]:
 def load(server: Running, mode: str, *options: object) -> Any:
     command = [sys.executable, "-m", "bench.load", server.kind, server.url]
     command += [",".join(map(str, server.pids)), mode, *map(str, options)]
+    if server.control is not None:
+        command += ["--control", server.control, "--producer", ",".join(map(str, server.producer))]
     done = subprocess.run(command, capture_output=True, check=False, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
@@ -186,12 +239,14 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(figures: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """genstream's figures over each reference's (every other server measured)."""
     own = figures["genstream"]
     return {
         f"vs_{ref}": {
             k: own[k] / figures[ref][k] if figures[ref].get(k) else None for k in keys if k in own
         }
-        for ref in REFERENCES
+        for ref in figures
+        if ref != "genstream"
     }
 
 
@@ -209,7 +264,7 @@ def fanout_once(server: Running, subscribers: int, sizes: Sizes) -> Any:
         "--subscribers",
         subscribers,
         "--events",
-        sizes.events,
+        sizes.events_at.get(subscribers, sizes.events),
         "--size",
         sizes.size,
         "--latency-events",
@@ -224,7 +279,7 @@ def fanout(running: dict[str, Running], sizes: Sizes, log: Any) -> dict[str, Any
     for subscribers in sizes.subscribers:
         latency_events, rate = latency_phase(subscribers, sizes)
         figures: dict[str, dict[str, Any]] = {}
-        for kind in KINDS:
+        for kind in running:
             runs = [
                 fanout_once(running[kind], subscribers, sizes)
                 for _ in range(sizes.repeats[subscribers])
@@ -235,15 +290,18 @@ def fanout(running: dict[str, Running], sizes: Sizes, log: Any) -> dict[str, Any
             **figures,
             "ratios": ratios(figures, FANOUT_FIGURES),
             "latency_phase": {"events": latency_events, "rate_per_s": rate},
+            "events": sizes.events_at.get(subscribers, sizes.events),
         }
     return results
 
 
 def _brief(figures: dict[str, Any]) -> str:
+    producer = figures.get("producer_cpu_s")
     return (
         f"{figures['events_per_s']:>10,.0f} ev/s  p50 {figures['p50_ms']:.2f} ms  "
         f"p99 {figures['p99_ms']:.2f} ms  cpu {figures['server_cpu_s']:.2f} s  "
         f"client cpu {figures['client_cpu_s']:.2f} s"
+        + ("" if producer is None else f"  producer cpu {producer:.2f} s")
     )
 
 
@@ -379,14 +437,24 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
             "loop": common.loop_name(),
             "load_average": os.getloadavg(),
         },
-        "sizes": {"events": sizes.events, "event_bytes": sizes.size},
+        "sizes": {
+            "events": sizes.events,
+            "events_at": {str(n): events for n, events in sizes.events_at.items()},
+            "event_bytes": sizes.size,
+        },
     }
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(postgres_cluster(log))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="genstream-bench-"))
-        up = stack.enter_context(servers(Path(tmp)))
+        up = dict(stack.enter_context(servers(Path(tmp))))
+        chan = stack.enter_context(nchan_servers(Path(tmp), log))
+        if isinstance(chan, str):
+            report["nchan"] = {"skipped": chan}
+        else:
+            up.update(chan)
+            report["nchan"] = {"servers": list(chan), "asymmetries": list(NCHAN_ASYMMETRIES)}
         report["fanout"] = fanout(up, sizes, log)
-        ttfb = {kind: load(up[kind], "ttfb", "--count", sizes.ttfb_count) for kind in KINDS}
+        ttfb = {kind: load(up[kind], "ttfb", "--count", sizes.ttfb_count) for kind in up}
         ttfb["genstream_minus_raw_ms"] = ttfb["genstream"]["median_ms"] - ttfb["raw"]["median_ms"]
         report["ttfb"] = ttfb
         log(f"ttfb {ttfb}")
@@ -394,7 +462,7 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
             report["postgres"] = postgres_fanout(cluster, sizes, report, log)
         else:
             report["postgres"] = {"skipped": cluster}
-        idle = {kind: load(up[kind], "idle", "--streams", sizes.idle_streams) for kind in KINDS}
+        idle = {kind: load(up[kind], "idle", "--streams", sizes.idle_streams) for kind in up}
         report["idle_stream"] = idle
         log(f"idle {idle}")
         gs = up["genstream"]
@@ -474,28 +542,38 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"{'subs':>5}  {'server':<12}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'peak MiB':>10}{'cpu s':>8}   ratios (ev/s p99 rss cpu) vs " + " | vs ".join(REFERENCES),
+        f"{'peak MiB':>10}{'cpu s':>8}{'client s':>10}{'producer s':>12}",
     ]
     for subscribers, row in report["fanout"].items():
-        for kind in KINDS:
+        servers = [kind for kind in row if kind not in ROW_EXTRAS]
+        for kind in servers:
             f = row[kind]
-            line = (
+            # The load client's CPU beside each server's: it must cost less than what it
+            # measures. A producer apart from its server is nchan's alone.
+            producer = f.get("producer_cpu_s")
+            lines.append(
                 f"{subscribers:>5}  {kind:<12}{f['events_per_s']:>12,.0f}{f['p50_ms']:>9.2f}"
                 f"{f['p99_ms']:>9.2f}{f['server_peak_rss_mib']:>10.1f}{f['server_cpu_s']:>8.2f}"
+                f"{f['client_cpu_s']:>10.2f}" + ("" if producer is None else f"{producer:>12.2f}")
             )
-            if kind == "genstream":
-                for ref in REFERENCES:
-                    r = row["ratios"][f"vs_{ref}"]
-                    line += "   " + " ".join(
-                        _times(r[k])
-                        for k in ("events_per_s", "p99_ms", "server_peak_rss_mib", "server_cpu_s")
-                    )
-            lines.append(line)
+        lines.append(
+            f"{'':>7}genstream / (ev/s p99 rss cpu): "
+            + " | ".join(
+                f"{ref} "
+                + " ".join(
+                    _times(row["ratios"][f"vs_{ref}"][k])
+                    for k in ("events_per_s", "p99_ms", "server_peak_rss_mib", "server_cpu_s")
+                )
+                for ref in servers[1:]
+            )
+        )
+    lines += nchan_notes(report)
     ttfb = report["ttfb"]
-    lines.append("ttfb median ms: " + ", ".join(f"{k} {ttfb[k]['median_ms']:.2f}" for k in KINDS))
+    kinds = [kind for kind in ttfb if kind != "genstream_minus_raw_ms"]
+    lines.append("ttfb median ms: " + ", ".join(f"{k} {ttfb[k]['median_ms']:.2f}" for k in kinds))
     lines.append(
         "idle stream bytes: "
-        + ", ".join(f"{k} {report['idle_stream'][k]['bytes_per_stream']:,.0f}" for k in KINDS)
+        + ", ".join(f"{k} {v['bytes_per_stream']:,.0f}" for k, v in report["idle_stream"].items())
     )
     replay = report["replay"]
     lines.append(f"replay: {replay['events_per_s']:,.0f} events/s over {replay['events']:,} events")
@@ -518,6 +596,13 @@ def table(report: dict[str, Any]) -> str:
     for name, check in report["targets"].items():
         lines.append(f"[{'met' if check['met'] else 'NOT met'}] {name}: {check['value']:,.3f}")
     return "\n".join(lines)
+
+
+def nchan_notes(report: dict[str, Any]) -> list[str]:
+    part = report["nchan"]
+    if "skipped" in part:
+        return [f"nchan: skipped, {part['skipped']}"]
+    return [f"nchan: {asymmetry}" for asymmetry in part["asymmetries"]]
 
 
 def postgres_table(report: dict[str, Any]) -> list[str]:

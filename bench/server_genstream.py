@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import time
 from typing import Final
 
@@ -96,22 +95,13 @@ async def serve_app(
 def supervise(config: Settings, args: argparse.Namespace) -> int:
     """`genstream serve --workers N`'s supervisor (service/web/workers.py), each worker
     this module: every one of them says `PORT <port> <pid>` on the stdout they share."""
-    port = args.port or _free_port()
+    port = args.port or common.free_port()
     argv = ["--port", str(port), "--postgres", args.postgres]
     supervised = workers.supervise(
         config.replace(server={"port": port}), argv, args.workers, module="bench.server_genstream"
     )
     code: int = common.run(supervised)
     return code
-
-
-def _free_port() -> int:
-    # The workers bind it after this socket is closed: another program could take it in
-    # between, which on the benchmark's quiet machine does not happen.
-    with socket.socket() as sock:
-        sock.bind((common.LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main() -> None:

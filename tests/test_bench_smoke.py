@@ -12,8 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
+from bench import nchan
+
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("genstream", "aiohttp-sse", "raw")
+NCHAN_KINDS = ("nchan-1w", "nchan-2w")
 FANOUT_FIGURES = ("events_per_s", "p50_ms", "p99_ms", "server_peak_rss_mib", "server_cpu_s")
 
 
@@ -21,7 +24,8 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# Besides the three servers, the postgres part starts a cluster (initdb) and three more.
+# Besides the five servers (nchan's two with their producers), the postgres part starts a
+# cluster (initdb) and three more.
 @pytest.mark.timeout(300)
 def test_bench_quick_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -39,7 +43,7 @@ def test_bench_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["fanout"], "no subscriber count was measured"
     for row in report["fanout"].values():
         for kind in KINDS:
-            for figure in FANOUT_FIGURES:
+            for figure in (*FANOUT_FIGURES, "client_cpu_s"):
                 assert _number(row[kind][figure]), (kind, figure, row[kind])
             assert row[kind]["events_per_s"] > 0
         for reference in ("raw", "aiohttp-sse"):
@@ -58,7 +62,32 @@ def test_bench_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["targets"]
     for check in report["targets"].values():
         assert isinstance(check["met"], bool)
+    _nchan_part(report, done.stdout.decode())
     _postgres_part(report, done.stdout.decode())
+
+
+def _nchan_part(report: dict[str, Any], table: str) -> None:
+    """nginx with nchan beside the others, or a line saying why not (no module)."""
+    part = report["nchan"]
+    if "skipped" in part:
+        assert nchan.missing() is not None, "nchan is installed, yet it was skipped"
+        assert f"nchan: skipped, {part['skipped']}" in table
+        return
+    assert part["servers"] == list(NCHAN_KINDS)
+    for row in report["fanout"].values():
+        for kind in NCHAN_KINDS:
+            for figure in (*FANOUT_FIGURES, "client_cpu_s", "producer_cpu_s"):
+                assert _number(row[kind][figure]), (kind, figure, row[kind])
+            assert row[kind]["events_per_s"] > 0
+            assert _number(row["ratios"][f"vs_{kind}"]["events_per_s"])
+    for kind in NCHAN_KINDS:
+        assert _number(report["ttfb"][kind]["median_ms"])
+        assert _number(report["idle_stream"][kind]["bytes_per_stream"])
+    for asymmetry in part["asymmetries"]:
+        assert f"nchan: {asymmetry}" in table
+    # The issue's three: the producer apart, the hop in its latency, nothing stored.
+    for said in ("producer", "one more HTTP hop", "stores nothing"):
+        assert any(said in asymmetry for asymmetry in part["asymmetries"]), said
 
 
 def _postgres_part(report: dict[str, Any], table: str) -> None:
