@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -49,6 +50,8 @@ GULP: Final = 32 * 1024
 # nchan's events/s were the same or higher, the client's CPU a sixth).
 GULPS_FROM: Final = 100
 COMPLETED: Final = b"event: generation.completed"
+SPARE_FILES: Final = 64  # beside the streams: the HTTP client's, the interpreter's
+PORT_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ def _get(path: str, host: str, extra: str = "") -> bytes:
 
 
 async def _open(server: Server, readers: list[Reader]) -> None:
+    _room_for(len(readers))
     host, port = server.host_port
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -221,6 +225,18 @@ async def _open(server: Server, readers: list[Reader]) -> None:
             await reader.opened
 
     await asyncio.gather(*(one(reader) for reader in readers))
+
+
+def _room_for(streams: int) -> None:
+    """Fail at once, saying why, where thousands of streams would fail one by one."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # common.raise_nofile's
+    if streams + SPARE_FILES > nofile:
+        common.die(f"{streams} streams need more descriptors than RLIMIT_NOFILE's {nofile}")
+    # Each stream takes an ephemeral port of 127.0.0.1 (ip(7) ip_local_port_range); one
+    # in TIME_WAIT towards the same server port is not reused for a minute.
+    low, high = map(int, PORT_RANGE.read_text().split())
+    if streams > high - low + 1:
+        common.die(f"{streams} streams, but {PORT_RANGE} holds {high - low + 1} ports")
 
 
 def _client_cpu() -> float:
