@@ -180,6 +180,39 @@ async def test_sigint_during_generate_cancels_the_generation_on_the_server(
     assert not out.exists()  # files are written only for a completed generation
 
 
+async def test_generate_pipeline_runs_that_pipeline_with_its_inputs(gs: Genstream) -> None:
+    # The example package's pipeline (examples/genstream-quiz, installed by `make install`).
+    project_id = await gs.new_project()
+    args = ("generate", project_id, "the solar system", "--pipeline", "quiz", "--url", gs.url)
+    # --input goes over --inputs; a value is JSON when it parses (2, not "2").
+    done = await run_cli(*args, "--inputs", '{"questions": 3}', "--input", "questions=2")
+    assert done.code == 0, done.stderr
+    lines = done.stdout.splitlines()
+    generation_id = next(line.split()[1] for line in lines if line.startswith("generation "))
+    generation = await gs.json("GET", f"/api/generations/{generation_id}")
+    assert (generation["pipeline"], generation["inputs"]) == ("quiz", {"questions": 2})
+    assert generation["status"] == "completed"
+    # Its own events, one line each; its chat text; its stages on the progress lines.
+    questions = [e for e in await gs.events(project_id) if e["type"] == "quiz.question"]
+    assert [line.split()[:2] for line in lines if line.startswith("· ")] == [
+        ["·", "quiz.topic"],
+        ["·", "quiz.question"],
+        ["·", "quiz.question"],
+    ]
+    assert f"1. {questions[0]['question']}" in lines and "Answers: 1 b, 2 a." in lines
+    assert "[ 90%] Writing the questions" in lines
+    assert lines[-1] == "completed: 2 questions on the solar system"
+
+    refused = await run_cli(*args, "--input", "questions=0")
+    assert refused.code == 1 and "400 invalid_inputs" in refused.stderr, refused.stderr
+    unknown = await run_cli(*args[:3], "--pipeline", "nope", "--url", gs.url)
+    assert unknown.code == 1 and "400 unknown_pipeline" in unknown.stderr, unknown.stderr
+    not_a_pair = await run_cli(*args, "--input", "questions")
+    assert not_a_pair.code == 2 and "not KEY=VALUE: 'questions'" in not_a_pair.stderr
+    listed = await gs.json("GET", f"/api/projects/{project_id}/messages")
+    assert len(listed["messages"]) == 2  # the refused submits stored nothing
+
+
 async def test_tail_json_prints_one_parseable_event_a_line(gs: Genstream) -> None:
     project_id = await gs.new_project()
     process = await start_cli("tail", project_id, "--from", "0", "--json", "--url", gs.url)

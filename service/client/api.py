@@ -235,16 +235,24 @@ class GenstreamClient:
         image_urls: list[str] | None = None,
         *,
         client_request_id: str | None = None,
+        pipeline: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Submit a generation: {generation, user_message, assistant_message, stream_url,
         created}. Every attempt carries the same client_request_id, so a retry after a
-        lost answer gets the generation the first attempt made instead of a second one."""
+        lost answer gets the generation the first attempt made instead of a second one.
+        `pipeline` (GET /api/pipelines; None: the project's default, else the server's)
+        and its `inputs` object."""
         body: dict[str, Any] = {
             "prompt": prompt,
             "client_request_id": client_request_id or uuid.uuid4().hex,
         }
         if image_urls:
             body["image_urls"] = list(image_urls)
+        if pipeline is not None:
+            body["pipeline"] = pipeline
+        if inputs is not None:
+            body["inputs"] = dict(inputs)
         path = f"/api/projects/{_seg(project_id)}/generations"
         result: dict[str, Any] = await self._call("POST", path, body, retry=True)
         return result
@@ -257,6 +265,12 @@ class GenstreamClient:
         """Cancel (idempotent); returns the generation in its final state."""
         path = f"/api/generations/{_seg(generation_id)}/cancel"
         result: dict[str, Any] = await self._call("POST", path, retry=True)
+        return result
+
+    async def pipelines(self) -> dict[str, Any]:
+        """What the server runs: {default, pipelines: [{name, label, description, stages,
+        events, inputs}]}."""
+        result: dict[str, Any] = await self._call("GET", "/api/pipelines")
         return result
 
     async def events(self, project_id: str, after: int = 0, limit: int = 100) -> EventPage:

@@ -8,7 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
+
+import orjson
 
 from service.client import commands as subcommands
 from service.client.api import DEFAULT_URL
@@ -30,6 +32,8 @@ def _generate(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         image_urls=args.image or [],
         out_dir=Path(args.out) if args.out is not None else None,
+        pipeline=args.pipeline,
+        inputs=_inputs(args),
     )
     display = make_display(sys.stdout)
     return subcommands.run(
@@ -103,6 +107,22 @@ def _add_client_commands(commands: SubParsers) -> None:
     generate.add_argument(
         "--image", action="append", metavar="URL", help="an image URL for the prompt (repeatable)"
     )
+    generate.add_argument(
+        "--pipeline",
+        metavar="NAME",
+        help="the pipeline to run (GET /api/pipelines); default: the project's, else the server's",
+    )
+    generate.add_argument(
+        "--inputs", type=_json_object, metavar="JSON", help="the pipeline's inputs, an object"
+    )
+    generate.add_argument(
+        "--input",
+        action="append",
+        type=_input_pair,
+        metavar="KEY=VALUE",
+        help="one of the pipeline's inputs, over --inputs (VALUE as JSON if it is: 2, true; "
+        "else as text); repeatable",
+    )
     generate.set_defaults(func=_generate)
 
     tail = commands.add_parser(
@@ -127,6 +147,34 @@ def _add_client_commands(commands: SubParsers) -> None:
     status.set_defaults(func=_status)
 
 
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, such as \'{"to": "u:1"}\'')
+    return value
+
+
+def _input_pair(raw: str) -> tuple[str, Any]:
+    key, equals, value = raw.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {raw!r}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value  # `--input visitor_id=v-42`: a word is the text it says
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--inputs, then each --input over it; None when neither was given (the server's
+    default: no inputs)."""
+    if args.inputs is None and not args.input:
+        return None
+    return {**(args.inputs or {}), **dict(args.input or ())}
+
+
 def _event_id(raw: str) -> int:
     if not raw.isascii() or not raw.isdigit():
         raise argparse.ArgumentTypeError(f"not an event id: {raw!r}")
@@ -136,9 +184,9 @@ def _event_id(raw: str) -> int:
 _NEW_HELP = "Create a project and print its id, so that `P=$(genstream new demo)` works."
 _GEN_HELP = (
     "Submit a prompt and stream the generation: the assistant's text as it arrives, a "
-    "progress bar (on a terminal) and each file as it completes. Ctrl+C cancels the "
-    "generation on the server. Exit status: 0 completed, 1 failed or an API error, "
-    "3 cancelled elsewhere, 130 interrupted."
+    "progress bar (on a terminal), each file as it completes, and each event of the "
+    "pipeline's own (--pipeline). Ctrl+C cancels the generation on the server. Exit "
+    "status: 0 completed, 1 failed or an API error, 3 cancelled elsewhere, 130 interrupted."
 )
 _TAIL_HELP = "Follow a project's events as they happen, resuming by itself; Ctrl+C stops."
 _STATUS_HELP = "Show a project: its status, the running generation, its files."

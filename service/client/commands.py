@@ -37,6 +37,9 @@ DELTA_PREVIEW_CHARS: Final = 60
 CLI_ATTEMPTS: Final = 4
 CLI_BACKOFF: Final = Backoff(base_seconds=0.5)
 
+# What the service itself emits; any other type in a generation is its pipeline's own.
+BUILT_IN_TYPES: Final = frozenset(ev)
+
 T = TypeVar("T")
 
 
@@ -193,12 +196,20 @@ class GenerateOptions:
     prompt: str
     image_urls: list[str]
     out_dir: Path | None
+    pipeline: str | None = None  # None: the project's default, else the server's
+    inputs: dict[str, Any] | None = None  # the pipeline's inputs object
 
 
 async def generate(client: GenstreamClient, options: GenerateOptions, display: Display) -> int:
     """Submit, stream to the display, write the files on success; Ctrl+C cancels."""
     interrupted, submitting = await until_interrupted(
-        client.generate(options.project_id, options.prompt, options.image_urls or None)
+        client.generate(
+            options.project_id,
+            options.prompt,
+            options.image_urls or None,
+            pipeline=options.pipeline,
+            inputs=options.inputs,
+        )
     )
     if interrupted:
         # The server may have the generation already: give the answer a moment, so it
@@ -255,6 +266,9 @@ def _show(event: Event, display: Display, files: _Files) -> None:
     elif event.type == ev.VALIDATION and not data["ok"]:
         where = f"{shown(str(data['path']))}: " if data.get("path") else ""
         display.note(f"! {where}{data['check']}: {data.get('detail') or ''}", "warn")
+    elif event.type not in BUILT_IN_TYPES:
+        # A pipeline's own event (quiz.question, page.section): its type and a glimpse.
+        display.note(f"· {event.type} {_preview(orjson.dumps(data).decode())}", "dim")
 
 
 async def _conclude(
