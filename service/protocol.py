@@ -14,6 +14,8 @@ from typing import Final
 # (service/web/protocol_js.py).
 __all__ = [
     "ACTIVE_STATUSES",
+    "ANY_APP_EVENT",
+    "APP_PREFIX",
     "STREAM_CURSOR",
     "TERMINAL_TYPES",
     "CloseReason",
@@ -46,6 +48,10 @@ TERMINAL_TYPES: Final = frozenset(
 # cursor, carrying the id it starts after, so a client that drops before its first event
 # resumes from there.
 STREAM_CURSOR: Final = "stream.cursor"
+# An app's own events (README "App events and typed events") have types `app.<name>`;
+# GET /api/events/schemas holds the schema of one whose type declares none under this.
+APP_PREFIX: Final = "app."
+ANY_APP_EVENT: Final = "app.*"
 
 
 class GenerationStatus(StrEnum):

@@ -19,6 +19,14 @@ it before every reconnect of a stream and after any 401, then tries again once:
             return (await answer.json())["token"]
 
     GenstreamClient(url, token_source=fresh_token)
+
+An app publishes its own events (`app.<name>`, README "App events and typed events"):
+
+    stored = await client.publish(project_id, "app.typing", {"user": "u-42"})
+
+With `validate_events=True` every event the client yields (streams, `events()`) is first
+checked against its type's JSON Schema as the server serves it (GET /api/events/schemas,
+fetched once): one that does not match raises GenstreamError `invalid_event`.
 """
 
 from __future__ import annotations
@@ -35,9 +43,17 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from aiohttp import hdrs
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from service.client.sse_parser import Message, SSEParser
-from service.protocol import ACTIVE_STATUSES, STREAM_CURSOR, TERMINAL_TYPES
+from service.protocol import (
+    ACTIVE_STATUSES,
+    ANY_APP_EVENT,
+    APP_PREFIX,
+    STREAM_CURSOR,
+    TERMINAL_TYPES,
+)
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
 # A proxy or a restarting server answers these for a moment; anything else is final.
@@ -156,10 +172,12 @@ class GenstreamClient:
         connect_timeout: float = 10.0,
         max_attempts: int | None = 8,
         backoff: Backoff = Backoff(),  # frozen, so one default is safe to share
+        validate_events: bool = False,
     ) -> None:
         """`max_attempts`: failed attempts in a row (connects, retried calls) before
         GenstreamError; None retries for ever. `token_source`: see the module's doc; with
-        no `token`, the first request fetches one from it."""
+        no `token`, the first request fetches one from it. `validate_events`: check each
+        event against the served schemas before yielding it (see the module's doc)."""
         self.url = url.rstrip("/")
         self._token = token
         self._token_source = token_source
@@ -174,6 +192,8 @@ class GenstreamClient:
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._session: aiohttp.ClientSession | None = None
+        self._validate = validate_events
+        self._validators: dict[str, Draft202012Validator] | None = None
 
     async def __aenter__(self) -> GenstreamClient:
         self._session = aiohttp.ClientSession(
@@ -277,11 +297,11 @@ class GenstreamClient:
         """One page of the project's stored events after `after`, for polling."""
         query = f"?after={int(after)}&limit={int(limit)}"
         body = await self._call("GET", f"/api/projects/{_seg(project_id)}/events{query}")
-        return EventPage(
-            [Event.from_dict(raw) for raw in body["events"]],
-            int(body["last_event_id"]),
-            bool(body["has_more"]),
-        )
+        events = [Event.from_dict(raw) for raw in body["events"]]
+        if self._validate:
+            for event in events:
+                await self.check_event(event)
+        return EventPage(events, int(body["last_event_id"]), bool(body["has_more"]))
 
     async def messages(self, project_id: str) -> list[dict[str, Any]]:
         body = await self._call("GET", f"/api/projects/{_seg(project_id)}/messages")
@@ -298,6 +318,44 @@ class GenstreamClient:
         url = f"/api/projects/{_seg(project_id)}/files/{quote(path, safe='/')}"
         result: dict[str, Any] = await self._call("GET", url)
         return result
+
+    async def publish(self, project_id: str, type_: str, data: Mapping[str, Any]) -> Event:
+        """Publish an app event (`type_` is `app.<name>`, `data` an object): the event as
+        the server stored it. Not retried: a lost answer would publish it twice."""
+        body = {"type": type_, "data": dict(data)}
+        path = f"/api/projects/{_seg(project_id)}/events"
+        return Event.from_dict(await self._call("POST", path, body, retry=False))
+
+    async def event_schemas(self) -> dict[str, Any]:
+        """Every event type's JSON Schema, as one document: {"$schema", "$defs": {type: ...}}."""
+        result: dict[str, Any] = await self._call("GET", "/api/events/schemas")
+        return result
+
+    async def check_event(self, event: Event) -> None:
+        """GenstreamError `invalid_event` unless `event` matches its type's schema (the
+        served ones, fetched at the first check); an app event of a type with no schema
+        of its own is held to the generic one."""
+        if self._validators is None:
+            document = await self.event_schemas()
+            self._validators = {
+                type_: Draft202012Validator(schema)
+                for type_, schema in document.get("$defs", {}).items()
+            }
+        validator = self._validators.get(event.type)
+        if validator is None and event.type.startswith(APP_PREFIX):
+            validator = self._validators.get(ANY_APP_EVENT)
+        if validator is None:
+            raise GenstreamError(
+                NO_STATUS, "invalid_event", f"event {event.id}: no schema for type {event.type!r}"
+            )
+        error = best_match(validator.iter_errors(event.as_dict()))
+        if error is not None:
+            where = "".join(f"[{part!r}]" for part in error.absolute_path)
+            raise GenstreamError(
+                NO_STATUS,
+                "invalid_event",
+                f"event {event.id} ({event.type}){where}: {error.message}",
+            )
 
     async def _call(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
         """One API call; with `retry`, connection errors and 502/503/504 are retried."""
@@ -401,6 +459,8 @@ class GenstreamClient:
                             # the cursor was yielded already.
                             if cursor is not None and event.id <= cursor:
                                 continue
+                            if self._validate:
+                                await self.check_event(event)
                             cursor, streak = event.id, 0
                             yield event
                             if generation_id is not None and event.terminal:

@@ -1,5 +1,5 @@
-"""The `genstream` command's client side: new, generate, tail, status (service/__main__.py
-adds `serve`)."""
+"""The `genstream` command's client side: new, generate, tail, status, publish
+(service/__main__.py adds `serve`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ def _tail(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     return subcommands.run(
         lambda client: subcommands.status(client, args.project, args.json, sys.stdout),
+        *_target(args),
+    )
+
+
+def _publish(args: argparse.Namespace) -> int:
+    return subcommands.run(
+        lambda client: subcommands.publish(client, args.project, args.type, args.data, sys.stdout),
         *_target(args),
     )
 
@@ -146,6 +153,14 @@ def _add_client_commands(commands: SubParsers) -> None:
     status.add_argument("--json", action="store_true", help="the project as one JSON object")
     status.set_defaults(func=_status)
 
+    publish = commands.add_parser(
+        "publish", parents=client, help="publish an app event", description=_PUBLISH_HELP
+    )
+    publish.add_argument("project", help="project id")
+    publish.add_argument("type", help="the event's type: app.<name>, e.g. app.notify")
+    publish.add_argument("data", type=_json_object, metavar="DATA-JSON", help="a JSON object")
+    publish.set_defaults(func=_publish)
+
 
 def _json_object(raw: str) -> dict[str, Any]:
     try:
@@ -190,6 +205,10 @@ _GEN_HELP = (
 )
 _TAIL_HELP = "Follow a project's events as they happen, resuming by itself; Ctrl+C stops."
 _STATUS_HELP = "Show a project: its status, the running generation, its files."
+_PUBLISH_HELP = (
+    "Publish an app event on a project's log: stored, then sent to every stream of the "
+    "project. Prints the stored event as one JSON line. The token needs the publish right."
+)
 
 
 def main(

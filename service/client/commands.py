@@ -1,4 +1,4 @@
-"""The client subcommands of `genstream`: new, generate, tail, status.
+"""The client subcommands of `genstream`: new, generate, tail, status, publish.
 
 Each is a coroutine taking a connected GenstreamClient and returning the exit code.
 """
@@ -92,6 +92,18 @@ async def status(client: GenstreamClient, project_id: str, as_json: bool, out: T
     lines.append(f"files       {len(files)}")
     lines.extend(f"  {shown(f['path'])}  {f['size']} bytes" for f in files)
     out.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+# -- publish ---------------------------------------------------------------------------
+
+
+async def publish(
+    client: GenstreamClient, project_id: str, type_: str, data: dict[str, Any], out: TextIO
+) -> int:
+    """Publish an app event; print it as stored, one JSON line (as `tail --json` would)."""
+    event = await client.publish(project_id, type_, data)
+    out.write(event_json(event) + "\n")
     return EXIT_OK
 
 

@@ -17,7 +17,8 @@ import orjson
 from service.errors import Invalid, NotFound
 from service.eventlog.event import Draft, Event
 from service.eventlog.journal import Journal
-from service.eventlog.schemas import APP_PREFIX, Schemas, app_type_problem
+from service.eventlog.schemas import Schemas, app_type_problem
+from service.protocol import APP_PREFIX
 from service.storage.interface import Tx
 
 

@@ -22,7 +22,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
-from service.protocol import STREAM_CURSOR, EventType
+from service.protocol import ANY_APP_EVENT, APP_PREFIX, STREAM_CURSOR, EventType
 
 Schema = dict[str, Any]
 
@@ -32,12 +32,9 @@ DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ID_PREFIX: Final = "urn:genstream:event:"
 # App events: `app.` then dotted lowercase words; what an app publishes cannot be
 # mistaken for the service's own (generation.*, message.*) or a pipeline's.
-APP_PREFIX: Final = "app."
 APP_TYPE_PATTERN: Final = r"^app\.[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$"
 APP_TYPE: Final = re.compile(APP_TYPE_PATTERN)
 MAX_TYPE_CHARS: Final = 64
-# The served document's entry for an app event whose type declares no schema.
-ANY_APP_EVENT: Final = "app.*"
 ENVELOPE_FIELDS: Final = ("id", "type", "project_id", "generation_id", "ts")
 
 _STRING: Final[Schema] = {"type": "string"}
