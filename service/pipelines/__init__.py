@@ -20,7 +20,7 @@ from typing import Final
 
 from service.generation.pipeline import Context, EventSpec, Outcome, Pipeline, Stage
 from service.generation.providers.base import Chunk, ModelRequest
-from service.pipelines import code, page
+from service.pipelines import code, page, scenes
 
 __all__ = [
     "GROUP",
@@ -44,7 +44,7 @@ class PipelineError(Exception):
 
 
 def builtins() -> list[Pipeline]:
-    return [code.PIPELINE, page.PIPELINE]
+    return [code.PIPELINE, page.PIPELINE, scenes.PIPELINE]
 
 
 def load_pipelines(found: Iterable[EntryPoint] | None = None) -> dict[str, Pipeline]:
