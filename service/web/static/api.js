@@ -54,6 +54,7 @@ export function api(method, path, body) {
 }
 
 // A submit whose answer is lost is sent again with the same client_request_id.
-export function submitPrompt(projectId, prompt) {
-  return explained(() => client.submit(projectId, prompt));
+// `options`: the pipeline and its inputs (client.submit).
+export function submitPrompt(projectId, prompt, options) {
+  return explained(() => client.submit(projectId, prompt, options));
 }

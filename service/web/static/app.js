@@ -3,16 +3,20 @@
 // Opening a project (also on reload, in the middle of a generation): the project, its
 // messages and files over REST; if a generation is running, that generation's events
 // replayed from its first one (so partial text and half-written files show); then ONE
-// EventSource on the project stream from the last event applied.
+// EventSource on the project stream from the last event applied. The stepper, the page
+// preview and the scenes follow the pipeline each generation runs (GET /api/pipelines).
 
 import { api, client, filePath, onTokenNeeded, segment, submitPrompt } from "./api.js";
 import { ChatView } from "./chat.js";
 import { DebugDrawer } from "./debug.js";
 import { $, el } from "./dom.js";
 import { FilesView } from "./files.js";
+import { Catalog, rememberedInput, rememberInput } from "./pipelines.js";
+import { PreviewView } from "./preview.js";
 import { ProgressView } from "./progress.js";
 import { TERMINAL_TYPES } from "./protocol.js";
-import { DEFAULT_STAGES, HISTORY, ProjectState } from "./state.js";
+import { ScenesView } from "./scenes.js";
+import { HISTORY, ProjectState } from "./state.js";
 
 const CONNECTION_LABELS = {
   idle: "Not connected",
@@ -33,6 +37,9 @@ const ui = {
   cancel: $("cancel"),
   note: $("composer-note"),
   download: $("download"),
+  picker: $("pipeline-picker"),
+  pipeline: $("pipeline-select"),
+  inputs: $("pipeline-inputs"),
 };
 const chat = new ChatView();
 const progress = new ProgressView();
@@ -43,8 +50,11 @@ const files = new FilesView({
   },
 });
 const debug = new DebugDrawer();
+const preview = new PreviewView();
+const scenes = new ScenesView();
+const catalog = new Catalog();
 
-const NO_PROJECT = new ProjectState(null);
+const NO_PROJECT = new ProjectState(null, catalog);
 let state = null; // the open project's ProjectState
 let feed = null; // the client's Feed on the open project
 let opening = 0; // bumped per openProject: answers for an older one are dropped
@@ -60,14 +70,18 @@ function schedule() {
 function render() {
   frame = 0;
   const shown = state ?? NO_PROJECT;
+  const chosen = ui.pipeline.value || null;
   chat.render(shown);
-  progress.render(shown, DEFAULT_STAGES);
+  progress.render(shown, { pipeline: chosen, stages: catalog.stages(chosen) });
+  preview.render(shown);
+  scenes.render(shown, catalog.editsScenes(chosen));
   files.render(shown);
   debug.flush();
   if (debug.open) debug.renderTimings(shown.generation);
   const generating = Boolean(state?.generating);
   const ended = ui.prompt.disabled && !generating;
   ui.prompt.disabled = generating;
+  ui.pipeline.disabled = generating;
   // Disabling the box took its focus: give it back when the generation ends.
   if (ended && document.activeElement === document.body) ui.prompt.focus();
   ui.send.hidden = generating;
@@ -80,6 +94,62 @@ function render() {
 
 function note(text) {
   ui.note.textContent = text;
+}
+
+// -- the pipeline chooser and its inputs -------------------------------------------------
+
+function showPipelines() {
+  ui.pipeline.replaceChildren(
+    ...catalog.names.map((name) => {
+      const option = el("option", "", catalog.get(name).label || name);
+      option.value = name;
+      option.title = catalog.get(name).description ?? "";
+      return option;
+    }),
+  );
+  // Nothing to choose between: the chooser stays out of the way.
+  ui.picker.hidden = catalog.names.length < 2;
+}
+
+function choosePipeline(name) {
+  if (!name || !catalog.get(name)) return;
+  ui.pipeline.value = name;
+  showInputs(name);
+  schedule();
+}
+
+// A small field for each of the pipeline's inputs, holding what was typed last here.
+function showInputs(name) {
+  ui.inputs.replaceChildren(
+    ...catalog.fields(name).map((field) => {
+      const label = el("label", "input-field");
+      const input = el("input");
+      input.dataset.field = field.name;
+      input.dataset.kind = field.type;
+      input.type = field.type === "string" ? "text" : "number";
+      input.autocomplete = "off";
+      input.placeholder = field.label;
+      input.setAttribute("aria-label", field.label);
+      if (field.maxLength !== null) input.maxLength = field.maxLength;
+      if (field.minimum !== null) input.min = String(field.minimum);
+      if (field.maximum !== null) input.max = String(field.maximum);
+      input.value = rememberedInput(name, field.name);
+      input.addEventListener("change", () => rememberInput(name, field.name, input.value));
+      label.append(el("span", "note", field.label), input);
+      return label;
+    }),
+  );
+}
+
+// The inputs as the submit sends them; a field left empty takes the pipeline's default.
+function readInputs() {
+  const inputs = {};
+  for (const input of ui.inputs.querySelectorAll("input[data-field]")) {
+    const value = input.value.trim();
+    if (!value) continue;
+    inputs[input.dataset.field] = input.dataset.kind === "string" ? value : Number(value);
+  }
+  return inputs;
 }
 
 // -- dialogs (the token, a new project's name) -------------------------------------------
@@ -185,39 +255,63 @@ async function loadProject(projectId, push) {
   try {
     const path = `/api/projects/${segment(projectId)}`;
     const project = await api("GET", path);
-    const [{ messages }, { files: list }] = await Promise.all([
+    const [{ messages }, { files: list }, sceneList] = await Promise.all([
       api("GET", `${path}/messages`),
       api("GET", `${path}/files`),
+      loadScenes(path),
     ]);
     if (ticket !== opening) return;
-    const next = new ProjectState(project);
+    const next = new ProjectState(project, catalog);
     next.setMessages(messages);
     next.setFiles(list);
+    next.setScenes(sceneList);
     let cursor = project.last_event_id;
     const active = project.active_generation;
-    if (active) {
-      next.beginGeneration(active);
-      cursor = await client.replay(projectId, active.first_event_id - 1, (event) => {
+    const replay = async (generation) => {
+      cursor = await client.replay(projectId, generation.first_event_id - 1, (event) => {
         next.apply(event);
         debug.event(event, "replay");
       });
+    };
+    if (active) {
+      next.beginGeneration(active);
+      await replay(active);
     } else {
       const last = messages.findLast((m) => m.generation_id)?.generation_id;
-      if (last) next.showEnded(await api("GET", `/api/generations/${segment(last)}`));
+      if (last) {
+        const ended = await api("GET", `/api/generations/${segment(last)}`);
+        next.showEnded(ended);
+        // What the page draws from a pipeline's events (a landing page) is in no
+        // snapshot: the ended generation's events draw it again.
+        if (catalog.previews(ended.pipeline)) await replay(ended);
+      }
     }
     if (ticket !== opening) return;
+    // The chooser starts on what the project ran last, else its default.
+    choosePipeline(next.generation?.pipeline ?? catalog.defaultFor(project));
     state = next;
     document.body.dataset.project = projectId;
     // It ended while we replayed it: take the database's final messages and files.
     if (active && !state.generating) resync(state);
     loadStageHistory(state, messages, active?.id);
-    feed = client.follow(projectId, { after: cursor, onEvent, onState });
+    feed = client.follow(projectId, { after: cursor, onEvent, onState, types: catalog.types });
   } catch (error) {
     if (ticket !== opening) return;
     note(error.status === 404 ? "That project does not exist (any more)." : error.message);
     setUrl(null, false);
   }
   schedule();
+}
+
+// The project's scenes; none from a server without the route (404 for a project that
+// exists: the project itself was just read).
+async function loadScenes(path) {
+  try {
+    return (await api("GET", `${path}/scenes`)).scenes;
+  } catch (error) {
+    if (error.status === 404) return [];
+    throw error;
+  }
 }
 
 // The stage times of the project's last few generations, for the time remaining; read
@@ -228,8 +322,10 @@ async function loadStageHistory(current, messages, activeId) {
     const generations = await Promise.all(ids.slice(-HISTORY).map((id) => api("GET", `/api/generations/${segment(id)}`)));
     if (current !== state) return;
     const earlier = current.stageHistory.splice(0);
-    for (const generation of generations) if (generation.status === "completed") current.rememberTimings(generation.timings);
-    for (const stages of earlier) current.rememberTimings({ stages });
+    for (const generation of generations) {
+      if (generation.status === "completed") current.rememberTimings(generation.pipeline, generation.timings);
+    }
+    current.stageHistory.push(...earlier);
     schedule();
   } catch {
     // No estimate then: the bar shows without one.
@@ -253,13 +349,15 @@ function onEvent(event, via) {
 async function resync(current) {
   const path = `/api/projects/${segment(current.project.id)}`;
   try {
-    const [{ messages }, { files: list }] = await Promise.all([
+    const [{ messages }, { files: list }, sceneList] = await Promise.all([
       api("GET", `${path}/messages`),
       api("GET", `${path}/files`),
+      loadScenes(path),
     ]);
     if (current !== state) return;
     current.setMessages(messages);
     current.setFiles(list);
+    current.setScenes(sceneList);
     schedule();
   } catch (error) {
     note(`Could not refresh: ${error.message}`);
@@ -302,11 +400,13 @@ async function submit() {
   busy = true;
   note("");
   render();
+  // Read first: opening a new project sets the chooser to the project's default.
+  const options = { pipeline: ui.pipeline.value || undefined, inputs: readInputs() };
   try {
     await opened;
     if (!state) await createProject(prompt.trim().split(/\s+/).slice(0, 6).join(" ").slice(0, 60));
     const current = state;
-    const answer = await submitPrompt(current.project.id, prompt);
+    const answer = await submitPrompt(current.project.id, prompt, options);
     current.upsertMessage(answer.user_message);
     current.upsertMessage(answer.assistant_message);
     current.beginGeneration(answer.generation);
@@ -367,6 +467,7 @@ ui.prompt.addEventListener("keydown", (event) => {
   }
 });
 ui.cancel.addEventListener("click", cancel);
+ui.pipeline.addEventListener("change", () => choosePipeline(ui.pipeline.value));
 ui.download.addEventListener("click", download);
 ui.select.addEventListener("change", () => {
   if (ui.select.value) openProject(ui.select.value, true);
@@ -388,6 +489,9 @@ window.addEventListener("popstate", () => {
 
 async function start() {
   try {
+    await catalog.load(api);
+    showPipelines();
+    choosePipeline(catalog.defaultFor(null));
     const projects = await loadProjects();
     const wanted = new URLSearchParams(location.search).get("project");
     const chosen = wanted ?? projects.at(-1)?.id;

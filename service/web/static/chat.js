@@ -69,10 +69,12 @@ export class ChatView {
     // Screen readers announce the message once it is complete, not every delta.
     item.node.setAttribute("aria-busy", String(pending));
     if (pending && !text) {
-      // "Generating code..." with dots that pulse one after the other.
+      // The pipeline's pending text ("Generating code..." for code), its dots pulsing one
+      // after the other.
+      const label = (message.content || "Working").replace(/(\.{3}|\u2026)$/, "");
       const dots = el("span", "dots");
       for (let i = 0; i < 3; i += 1) dots.append(el("span", "", "."));
-      item.body.replaceChildren(document.createTextNode("Generating code"), dots);
+      item.body.replaceChildren(document.createTextNode(label), dots);
     } else {
       item.body.textContent = text;
       if (pending) item.body.append(el("span", "caret"));

@@ -3,6 +3,7 @@
 // Toggled by Ctrl+Shift+D (Cmd+Shift+D on a Mac) or ?debug=true; remembered in localStorage.
 
 import { $, clock, duration, el } from "./dom.js";
+import { APP_PREFIX } from "./protocol.js";
 
 const OPEN_KEY = "genstream.debug";
 const MAX_EVENTS = 2000; // the oldest rows go, so a long session does not grow the page
@@ -11,6 +12,9 @@ const MAX_STATES = 50;
 // lines (the oldest go first), whatever the rows on screen were cleared or trimmed to.
 const MAX_LOG = 100_000;
 const TIMELINE_BUCKETS = 60;
+// An app event's row shows its data inline, cut to this many characters (the whole JSON
+// opens with the row).
+const APP_DATA_CHARS = 160;
 
 export class DebugDrawer {
   constructor() {
@@ -95,11 +99,17 @@ export class DebugDrawer {
     details.append(summary);
     // The JSON is built only when a row is opened: most rows never are.
     details.addEventListener("toggle", () => {
-      if (details.open && details.childElementCount === 1) {
+      if (details.open && !details.querySelector("pre.json")) {
         details.append(el("pre", "json", JSON.stringify(event, null, 2)));
       }
     });
     row.append(details);
+    if (event.type.startsWith(APP_PREFIX)) {
+      // An app's own event (POST /api/projects/{pid}/events): what it carries, at a glance.
+      row.classList.add("app");
+      const data = JSON.stringify(event.data ?? null);
+      row.append(el("div", "app-data", data.length > APP_DATA_CHARS ? `${data.slice(0, APP_DATA_CHARS)}...` : data));
+    }
     this.pending.push(row);
     if (this.pending.length > MAX_EVENTS) this.pending.shift();
   }

@@ -1,5 +1,5 @@
-// The stepper: Planning -> Generating -> Validating -> Complete, the percentage and the
-// file being written.
+// The stepper (the stages the generation's pipeline declares: Planning -> Generating ->
+// Validating -> Complete for code), the percentage and the file being written.
 
 import { $, duration, el } from "./dom.js";
 import { GenerationStatus } from "./protocol.js";
@@ -16,6 +16,7 @@ export class ProgressView {
     this.eta = $("eta");
     this.state = null;
     this.version = -1;
+    this.idle = null;
   }
 
   // The estimated time remaining, also redrawn every second between events.
@@ -25,13 +26,20 @@ export class ProgressView {
     this.eta.textContent = left === null ? "" : left < 1000 ? "almost done" : `about ${Math.ceil(left / 1000)} s left`;
   }
 
-  render(state, stages) {
+  // `idle`: {pipeline, stages} of the pipeline the composer would run next, shown while
+  // no generation is, or once an ended one of another pipeline was shown.
+  render(state, idle) {
     this.renderEta(state);
-    if (state === this.state && state.versions.progress === this.version) return;
+    const idleKey = `${idle.pipeline}\u0000${idle.stages.map((s) => s.id).join(" ")}`;
+    if (state === this.state && state.versions.progress === this.version && idleKey === this.idle) return;
     this.state = state;
     this.version = state.versions.progress;
-    const generation = state.generation;
-    const list = generation?.stages ?? stages;
+    this.idle = idleKey;
+    const own = state.generation;
+    const mine = own && (state.generating || !idle.pipeline || !own.pipeline || own.pipeline === idle.pipeline);
+    const generation = mine ? own : null;
+    const list = generation?.stages.length ? generation.stages : idle.stages;
+    this.stepper.dataset.pipeline = generation?.pipeline ?? idle.pipeline ?? "";
     const index = generation ? list.findIndex((s) => s.id === generation.stage) : -1;
     const ended = generation && !state.generating;
     this.stepper.replaceChildren(

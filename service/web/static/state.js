@@ -1,30 +1,30 @@
 // What the page knows about one project, built from REST snapshots and events.
 // Every event, streamed or polled or replayed, goes through `apply`.
 
+import { PreviewEvent, SceneEvent } from "./pipelines.js";
 import { ACTIVE_STATUSES, EventType, GenerationStatus } from "./protocol.js";
 
 // Earlier generations the estimate is taken from, at most.
 export const HISTORY = 5;
-export const DEFAULT_STAGES = [
-  { id: "planning", label: "Planning" },
-  { id: "generating", label: "Generating code" },
-  { id: "validating", label: "Validating" },
-  { id: "complete", label: "Complete" },
-];
+// A page's sections kept, at most: its events are a model's output, bounded here too.
+const MAX_SECTIONS = 100;
 const ENDINGS = {
   [EventType.GENERATION_COMPLETED]: GenerationStatus.COMPLETED,
   [EventType.GENERATION_FAILED]: GenerationStatus.FAILED,
   [EventType.GENERATION_CANCELLED]: GenerationStatus.CANCELLED,
 };
 
-function newGeneration(id, from = {}) {
+// `stages`: the pipeline's declared ones, as the catalog (GET /api/pipelines) has them
+// until its generation.started says.
+function newGeneration(id, from = {}, stages = []) {
   return {
     id,
+    pipeline: from.pipeline ?? null,
     status: from.status ?? GenerationStatus.PENDING,
     stage: from.stage ?? null,
     stageStatus: "active",
     progress: from.progress ?? 0,
-    stages: DEFAULT_STAGES,
+    stages,
     currentFile: null,
     stageTimes: {},
     error: from.error ?? null,
@@ -34,26 +34,35 @@ function newGeneration(id, from = {}) {
   };
 }
 
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
 export class ProjectState {
-  constructor(project) {
+  // `catalog`: the server's pipelines (pipelines.js), for each generation's stages.
+  constructor(project, catalog) {
     this.project = project;
+    this.catalog = catalog;
     this.messages = new Map(); // id -> {id, role, status, content, streamed, created_at}
     this.files = new Map(); // path -> {path, size, sha256, content|null, writing}
     this.generation = null;
-    // Stage times (ms by stage id) of earlier completed generations, newest last: what the
-    // estimated time remaining is taken from.
+    // The page pipeline's last page: {generationId, title, sections (by index), complete}.
+    this.preview = null;
+    this.scenes = new Map(); // scene id -> the scene as the last snapshot or event had it
+    // Stage times ({pipeline, stages: ms by stage id}) of earlier completed generations,
+    // newest last: what the estimated time remaining is taken from.
     this.stageHistory = [];
     // Bumped on each change, so views redraw only what moved.
-    this.versions = { messages: 0, files: 0, progress: 0 };
+    this.versions = { messages: 0, files: 0, progress: 0, preview: 0, scenes: 0 };
   }
 
   get generating() {
     return this.generation !== null && ACTIVE_STATUSES.includes(this.generation.status);
   }
 
-  rememberTimings(timings) {
+  rememberTimings(pipeline, timings) {
     if (!timings?.stages || !Object.keys(timings.stages).length) return;
-    this.stageHistory.push(timings.stages);
+    this.stageHistory.push({ pipeline, stages: timings.stages });
     if (this.stageHistory.length > HISTORY) this.stageHistory.shift();
   }
 
@@ -62,9 +71,11 @@ export class ProjectState {
   remainingMs(now = Date.now()) {
     const generation = this.generation;
     if (!this.generating || !this.stageHistory.length) return null;
+    // Another pipeline's stages say nothing of this one's, whatever their ids.
+    const earlier = this.stageHistory.filter((entry) => entry.pipeline === generation.pipeline);
     const mean = {};
     for (const { id } of generation.stages) {
-      const known = this.stageHistory.map((stages) => stages[id]).filter((ms) => ms != null);
+      const known = earlier.map(({ stages }) => stages[id]).filter((ms) => ms != null);
       if (known.length) mean[id] = known.reduce((a, b) => a + b, 0) / known.length;
     }
     if (!Object.keys(mean).length) return null;
@@ -132,15 +143,62 @@ export class ProjectState {
     this.touch("files");
   }
 
+  // The database's scenes (GET /api/projects/{pid}/scenes): the list from now on.
+  setScenes(list) {
+    this.scenes = new Map();
+    for (const scene of list) this.upsertScene(scene);
+    this.touch("scenes");
+  }
+
+  // A scene as an event or a snapshot has it; an older copy than the one held (an event
+  // replayed after a newer snapshot) does not take it back.
+  upsertScene(scene) {
+    if (!isObject(scene) || typeof scene.id !== "string") return;
+    const known = this.scenes.get(scene.id);
+    if (known && Number(known.updated_at) > Number(scene.updated_at)) return;
+    this.scenes.set(scene.id, scene);
+    this.touch("scenes");
+  }
+
+  orderedScenes() {
+    return [...this.scenes.values()].sort(
+      (a, b) => Number(a.position) - Number(b.position) || String(a.id).localeCompare(String(b.id)),
+    );
+  }
+
+  // The page being built by `event`'s generation (a new generation's starts empty).
+  previewFor(event) {
+    if (this.preview?.generationId !== event.generation_id) {
+      this.preview = { generationId: event.generation_id, title: "", sections: [], complete: false };
+    }
+    return this.preview;
+  }
+
+  applyPreview(event) {
+    const preview = this.previewFor(event);
+    if (event.type === PreviewEvent.SECTION) {
+      const index = event.index;
+      if (!Number.isInteger(index) || index < 0 || index >= MAX_SECTIONS || !isObject(event.section)) return;
+      preview.sections[index] = event.section;
+    } else if (isObject(event.page)) {
+      // The whole page: it replaces what the sections built.
+      const sections = Array.isArray(event.page.sections) ? event.page.sections : [];
+      preview.sections = sections.slice(0, MAX_SECTIONS).filter(isObject);
+      preview.title = typeof event.page.title === "string" ? event.page.title : "";
+      preview.complete = true;
+    }
+    this.touch("preview");
+  }
+
   beginGeneration(generation) {
     if (this.generation?.id === generation.id) return;
-    this.generation = newGeneration(generation.id, generation);
+    this.generation = newGeneration(generation.id, generation, this.catalog.stages(generation.pipeline));
     this.touch("progress");
   }
 
   // The state of an ended generation, shown until the next one starts.
   showEnded(generation) {
-    const shown = newGeneration(generation.id, generation);
+    const shown = newGeneration(generation.id, generation, this.catalog.stages(generation.pipeline));
     shown.stageStatus = "complete";
     this.generation = shown;
     this.touch("progress");
@@ -150,7 +208,10 @@ export class ProjectState {
     if (!event.generation_id) return null;
     if (this.generation?.id !== event.generation_id) {
       if (event.type !== EventType.MESSAGE_CREATED && event.type !== EventType.GENERATION_STARTED) return null;
-      this.generation = newGeneration(event.generation_id);
+      // Another client's submit: its message comes before the generation says its
+      // pipeline, most likely the project's default.
+      const pipeline = event.pipeline ?? this.catalog.defaultFor(this.project);
+      this.generation = newGeneration(event.generation_id, { pipeline }, this.catalog.stages(pipeline));
     }
     return this.generation;
   }
@@ -163,7 +224,20 @@ export class ProjectState {
         break;
       case EventType.GENERATION_STARTED:
         generation.status = GenerationStatus.RUNNING;
-        generation.stages = event.stages?.length ? event.stages : DEFAULT_STAGES;
+        generation.pipeline = event.pipeline ?? generation.pipeline;
+        if (Array.isArray(event.stages) && event.stages.length) generation.stages = event.stages;
+        break;
+      case PreviewEvent.SECTION:
+      case PreviewEvent.PAGE:
+        this.applyPreview(event);
+        break;
+      case SceneEvent.ADDED:
+      case SceneEvent.EDITED:
+      case SceneEvent.TRIMMED:
+        this.upsertScene(event.scene);
+        break;
+      case SceneEvent.DELETED:
+        if (this.scenes.delete(event.scene_id)) this.touch("scenes");
         break;
       case EventType.STAGE: {
         if (!generation) break;
@@ -220,7 +294,7 @@ export class ProjectState {
           generation.usage = event.usage ?? generation.usage;
           generation.summary = event.summary ?? "";
           if (generation.status !== GenerationStatus.COMPLETED) this.dropUnfinishedFiles();
-          else this.rememberTimings(event.timings);
+          else this.rememberTimings(generation.pipeline, event.timings);
         }
     }
     this.touch("progress");

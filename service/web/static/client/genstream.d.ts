@@ -69,6 +69,9 @@ export interface Generation {
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
+  /** The pipeline that runs it, and the inputs it was given. */
+  pipeline: string;
+  inputs: Record<string, unknown>;
 }
 
 export interface StageInfo {
@@ -101,6 +104,8 @@ export interface MessageUpdate {
   content: string;
 }
 export interface GenerationStartedEvent extends EventBase<"generation.started"> {
+  /** The pipeline that runs it, and its declared stages. */
+  pipeline: string;
   stages: StageInfo[];
   provider: string;
   model: string;
@@ -209,10 +214,17 @@ export interface EventSourceLike {
   close(): void;
 }
 
-export interface GenerateHandlers {
+export interface SubmitOptions {
   /** Sent with the submit, and with each retry of it: the server creates one generation. */
   clientRequestId?: string;
   imageUrls?: string[];
+  /** The pipeline that runs it (GET /api/pipelines); left out: the project's default. */
+  pipeline?: string;
+  /** The pipeline's inputs, checked against its `inputs` schema. */
+  inputs?: Record<string, unknown>;
+}
+
+export interface GenerateHandlers extends SubmitOptions {
   /** Aborting it cancels the generation. */
   signal?: AbortSignal;
   onMessageCreated?(message: Message, event: MessageCreatedEvent): void;
@@ -267,6 +279,8 @@ export interface FollowOptions {
   after?: number | null;
   onEvent(event: GenstreamEvent, via: Via): void;
   onState?(state: FeedState, detail: string): void;
+  /** Event types beyond the built-in ones to take from the stream (a pipeline's, an app's). */
+  types?: string[];
 }
 
 export declare class Feed {
@@ -288,7 +302,7 @@ export declare class GenstreamClient {
   send(method: string, path: string, body?: unknown, init?: { signal?: AbortSignal; accept?: string }): Promise<Response>;
   /** The project's files as a .zip. */
   archive(projectId: string): Promise<Blob>;
-  submit(projectId: string, prompt: string, options?: { clientRequestId?: string; imageUrls?: string[] }): Promise<SubmitAnswer>;
+  submit(projectId: string, prompt: string, options?: SubmitOptions): Promise<SubmitAnswer>;
   cancel(generationId: string): Promise<Generation>;
   generate(projectId: string, prompt: string, handlers?: GenerateHandlers): Promise<GenerationRun>;
   stream(projectId: string, options?: StreamOptions): AsyncGenerator<GenstreamEvent, void, undefined>;

@@ -189,9 +189,13 @@ export class GenstreamClient {
 
   // POST the generation; a lost answer or a 5xx/429 is sent again with the same
   // client_request_id (the server answers a repeat with the generation it created).
-  async submit(projectId, prompt, { clientRequestId = newRequestId(), imageUrls } = {}) {
+  // `pipeline` names the pipeline that runs it (GET /api/pipelines; left out: the
+  // project's default), `inputs` its inputs object (checked against its schema).
+  async submit(projectId, prompt, { clientRequestId = newRequestId(), imageUrls, pipeline, inputs } = {}) {
     const body = { prompt, client_request_id: clientRequestId };
     if (imageUrls?.length) body.image_urls = imageUrls;
+    if (pipeline) body.pipeline = pipeline;
+    if (inputs && Object.keys(inputs).length) body.inputs = inputs;
     const { submitRetries, submitRetryBaseMs, submitRetryMaxMs } = this.options;
     for (let attempt = 0; ; attempt += 1) {
       try {
@@ -214,11 +218,11 @@ export class GenstreamClient {
   // (failed or cancelled). An abort of `signal` cancels the generation (one aborted during
   // the submit is cancelled as soon as the submit answers: none is left running).
   async generate(projectId, prompt, handlers = {}) {
-    const { clientRequestId, imageUrls, signal } = handlers;
+    const { clientRequestId, imageUrls, pipeline, inputs, signal } = handlers;
     if (signal?.aborted) throw signal.reason ?? new DOMException("aborted", "AbortError");
     let answer;
     try {
-      answer = await this.submit(projectId, prompt, { clientRequestId, imageUrls });
+      answer = await this.submit(projectId, prompt, { clientRequestId, imageUrls, pipeline, inputs });
     } catch (error) {
       handlers.onError?.(error);
       throw error;
@@ -299,8 +303,11 @@ export class GenstreamClient {
   }
 
   // A started Feed: onEvent(event, via) for each event after `after` (null: from now).
-  follow(projectId, { after = null, onEvent, onState }) {
-    const feed = new Feed(this, projectId, { onEvent, onState });
+  // `types`: event types beyond the built-in ones to take from the stream (a pipeline's,
+  // an app's: GET /api/events/schemas names them); a named SSE event reaches only the
+  // listeners of its name, so one of a type not listed comes only through /events.
+  follow(projectId, { after = null, onEvent, onState, types = [] }) {
+    const feed = new Feed(this, projectId, { onEvent, onState, types });
     feed.start(after);
     return feed;
   }
@@ -350,9 +357,10 @@ function route(event, handlers) {
 // onState(state, detail): "connecting", "live", "reconnecting", "polling", "poll-error",
 // "idle" (stopped).
 export class Feed {
-  constructor(client, projectId, { onEvent, onState }) {
+  constructor(client, projectId, { onEvent, onState, types = [] }) {
     this.client = client;
     this.projectId = projectId;
+    this.types = [...new Set([...EVENT_TYPES, ...types])].filter((type) => type !== STREAM_CURSOR);
     this.onEvent = onEvent;
     this.onState = onState ?? (() => {});
     this.cursor = null; // the last id delivered; null: none yet, and the stream says where
@@ -412,7 +420,7 @@ export class Feed {
     const handle = (message) => {
       if (this.source === source) this.deliver(JSON.parse(message.data), "stream");
     };
-    for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+    for (const type of this.types) source.addEventListener(type, handle);
     source.onmessage = handle;
     // Opened with no cursor, the stream says first where it starts (not an event of the log).
     source.addEventListener(STREAM_CURSOR, (message) => {

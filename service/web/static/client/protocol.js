@@ -1,6 +1,8 @@
 // service/protocol.py, the one vocabulary, as the client imports it: written from it by
 // `python -m service.web.protocol_js` (do not edit; a test holds it to protocol.py).
 export const ACTIVE_STATUSES = Object.freeze(["pending","running"]);
+export const ANY_APP_EVENT = "app.*";
+export const APP_PREFIX = "app.";
 export const STREAM_CURSOR = "stream.cursor";
 export const TERMINAL_TYPES = Object.freeze(["generation.cancelled","generation.completed","generation.failed"]);
 export const CloseReason = Object.freeze({"CLIENT_GONE":"client_gone","COMPLETED":"completed","SLOW_CLIENT":"slow_client","SEND_TIMEOUT":"send_timeout","SHUTDOWN":"shutdown","ERROR":"error"});
