@@ -148,7 +148,11 @@ async def announce_and_wait(port: int, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(f"PORT {port} {os.getpid()}", flush=True)
+    # One write(2): the workers of `--workers` share one stdout pipe, and print()'s line
+    # came out in two writes, so that two workers' lines were once read as one ('PORT
+    # 41927 28027PORT 41927 28028'). pipe(7): a write of at most PIPE_BUF bytes is atomic.
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"PORT {port} {os.getpid()}\n".encode())
     await stop.wait()
 
 

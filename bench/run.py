@@ -214,10 +214,10 @@ def _port(process: subprocess.Popen[bytes]) -> tuple[int, int]:
     """The `PORT <port> <pid>` a server process says when it listens."""
     assert process.stdout is not None
     line = process.stdout.readline().decode()
-    if not line.startswith("PORT "):
+    said = line.split()
+    if len(said) != 3 or said[0] != "PORT":
         raise RuntimeError(f"a benchmark server did not start (said {line!r})")
-    _, port, pid = line.split()
-    return int(port), int(pid)
+    return int(said[1]), int(said[2])
 
 
 def load(server: Running, mode: str, *options: object) -> Any:
