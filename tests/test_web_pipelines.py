@@ -30,7 +30,7 @@ from service.web import views
 from tests import test_web_page
 from tests.browser import requires_chromium
 from tests.conftest import Genstream, MakeServer
-from tests.test_web_page import WAIT_MS, PageFactory, assistant, send
+from tests.test_web_page import ARTIFACTS, WAIT_MS, PageFactory, assistant, send
 
 pytestmark = requires_chromium
 # The browser page tests' fixtures (a Chromium; a page that fails the test on a script
@@ -556,3 +556,40 @@ async def test_app_events_show_in_the_developer_console(
     stored = await gs.events(project_id)
     assert opened == next(e for e in stored if e["id"] == answers[1]["id"])
     await expect(page.locator("#debug-count")).to_have_text(f"({len(stored)})")
+
+
+async def test_the_built_in_page_and_scenes_pipelines_in_the_page(
+    gs: Genstream, new_page: PageFactory
+) -> None:
+    page, project_id = await open_project(new_page, gs, "built-ins")
+    await page.select_option("#pipeline-select", "page")
+    await expect_steps(page, await declared(gs, "page"), "todo")
+    await send(page, "How much does the team plan cost?")
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_steps(page, await declared(gs, "page"), "done")
+    await expect(page.locator("#preview")).to_have_attribute("data-complete", "true")
+    (whole,) = [e for e in await gs.events(project_id) if e["type"] == "page"]
+    await expect(page.locator("#preview-title")).to_have_text(whole["page"]["title"])
+    shown = await page.evaluate(SECTIONS_JS)
+    assert [(s["kind"], s["heading"]) for s in shown] == [
+        (s["kind"], s["heading"]) for s in whole["page"]["sections"]
+    ]
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "web-page-pipeline-page.png")
+
+    await page.select_option("#pipeline-select", "scenes")
+    await expect_steps(page, await declared(gs, "scenes"), "todo")
+    scenes = page.locator("#scene-list li.scene")
+    await send(page, "add a scene of a sunrise over the harbour")
+    await expect(scenes).to_have_count(1)
+    await scenes.first.evaluate("(node) => { window.__scene = node; }")
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await send(page, "rename scene 1 to Dawn")
+    await expect(scenes.first.locator(".title")).to_have_text("Dawn")
+    assert await scenes.first.evaluate("(node) => node === window.__scene")
+    await expect(assistant(page)).to_have_attribute("data-status", "success")
+    await expect_steps(page, await declared(gs, "scenes"), "done")
+    stored = (await gs.json("GET", f"/api/projects/{project_id}/scenes"))["scenes"]
+    assert [(s["id"], s["title"]) for s in stored] == [
+        (await scenes.first.get_attribute("data-scene-id"), "Dawn")
+    ]

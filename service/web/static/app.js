@@ -135,7 +135,7 @@ function showInputs(name) {
       if (field.maximum !== null) input.max = String(field.maximum);
       input.value = rememberedInput(name, field.name);
       input.addEventListener("change", () => rememberInput(name, field.name, input.value));
-      label.append(el("span", "note", field.label), input);
+      label.append(el("span", "field-label", field.label), input);
       return label;
     }),
   );
