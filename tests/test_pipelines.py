@@ -20,7 +20,7 @@ from service.eventlog.event import Event
 from service.eventlog.journal import Emit
 from service.generation.pipeline import Context, EventSpec, Outcome, Pipeline, Stage
 from service.generation.providers.base import ModelRequest
-from service.pipelines import GROUP, PipelineError, builtins, load_pipelines
+from service.pipelines import GROUP, PipelineError, RunFailed, builtins, load_pipelines
 from service.storage.interface import Tx
 from service.web.app import create_app
 from tests.conftest import Genstream, MakeServer, base_settings
@@ -403,3 +403,77 @@ def test_a_default_pipeline_that_does_not_exist_stops_the_start(tmp_path: Path) 
     settings = base_settings(tmp_path).replace(generation={"pipeline": "nope"})
     with pytest.raises(ConfigError, match=r"generation\.pipeline: no pipeline named 'nope'"):
         create_app(settings)
+
+
+async def test_a_project_s_default_pipeline_runs_when_a_submit_names_none(
+    make_server: MakeServer,
+) -> None:
+    gs = await make_server(pipelines=with_builtins(echo_pipeline()))
+    created = await gs.json(
+        "POST", "/api/projects", status=201, json={"name": "echoes", "pipeline": "echo"}
+    )
+    assert created["pipeline"] == "echo"
+    project_id = created["id"]
+    first = await gs.generate(project_id, "one two")
+    assert first["generation"]["pipeline"] == "echo"
+    assert first["assistant_message"]["content"] == "Echoing..."
+    await gs.wait_generation(first["generation"]["id"])
+
+    cleared = await gs.json("PATCH", f"/api/projects/{project_id}", json={"pipeline": None})
+    assert cleared["pipeline"] is None
+    second = await gs.generate(project_id, "a todo api")
+    assert second["generation"]["pipeline"] == "code"  # generation.pipeline, the config's
+    await gs.wait_generation(second["generation"]["id"])
+
+    again = await gs.json("PATCH", f"/api/projects/{project_id}", json={"pipeline": "echo"})
+    assert again["pipeline"] == "echo"
+    assert (await gs.json("GET", f"/api/projects/{project_id}"))["pipeline"] == "echo"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/api/projects", {"name": "x", "pipeline": "nope"}, 400, "unknown_pipeline"),
+        ("POST", "/api/projects", {"name": "x", "pipeline": None}, 400, "invalid_request"),
+        ("PATCH", "{project}", {"pipeline": "nope"}, 400, "unknown_pipeline"),
+        ("PATCH", "{project}", {"pipeline": 3}, 400, "invalid_request"),
+        ("PATCH", "{project}", {}, 400, "invalid_request"),
+        ("PATCH", "{project}", {"pipeline": "echo", "name": "y"}, 400, "invalid_request"),
+        ("PATCH", "/api/projects/prj_missing", {"pipeline": "echo"}, 404, "not_found"),
+    ],
+)
+async def test_a_default_pipeline_that_is_not_one_is_refused_and_nothing_changes(
+    make_server: MakeServer,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    gs = await make_server(pipelines=with_builtins(echo_pipeline()))
+    project_id = await gs.new_project()
+    before = await gs.json("GET", "/api/projects")
+    url = f"/api/projects/{project_id}" if path == "{project}" else path
+    reply = await gs.json(method, url, status=status, json=body)
+    assert reply["error"]["code"] == code, reply
+    assert await gs.json("GET", "/api/projects") == before
+
+
+async def test_a_pipeline_fails_its_run_with_its_own_error_code(make_server: MakeServer) -> None:
+    async def refuses(ctx: Context) -> Outcome:
+        ctx.say("looked, ")
+        raise RunFailed("nothing_to_echo", "the prompt held nothing to echo", retryable=False)
+
+    gs = await make_server(pipelines=with_builtins(echo_pipeline(refuses)))
+    project_id = await gs.new_project()
+    submitted = await gs.generate(project_id, "x", pipeline="echo")
+    final = await gs.wait_generation(submitted["generation"]["id"])
+    assert final["error"] == {
+        "code": "nothing_to_echo",
+        "message": "the prompt held nothing to echo",
+        "retryable": False,
+    }
+    failed = (await gs.events(project_id))[-1]
+    assert (failed["type"], failed["code"]) == (ev.GENERATION_FAILED, "nothing_to_echo")
+    messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
+    assert (messages[1]["status"], messages[1]["content"]) == ("error", "looked,")

@@ -195,6 +195,10 @@ class Generations:
             if project is None:
                 raise NotFound("project", project_id)
             name = project.pipeline or self._default_pipeline
+        return self.pipeline(name)
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The pipeline of that name; Invalid, naming those there are, if none."""
         pipeline = self._pipelines.get(name)
         if pipeline is None:
             known = ", ".join(sorted(self._pipelines))

@@ -7,7 +7,9 @@ in its pyproject.toml:
     [project.entry-points."genstream.pipelines"]
     quiz = "myapp.quiz:PIPELINE"
 
-Everything a pipeline author needs is re-exported here. A pipeline that cannot load,
+Everything a pipeline author needs is re-exported here; `RunFailed(code, message,
+retryable)` ends a run as failed with the pipeline's own error code (a model reply that
+makes no sense, say), as generation.failed carries it. A pipeline that cannot load,
 or clashes with another (its name, an event type), stops the server at start with an
 error naming it: a pipeline silently missing would fail its users' submits instead.
 """
@@ -20,6 +22,7 @@ from typing import Final
 
 from service.generation.pipeline import Context, EventSpec, Outcome, Pipeline, Stage
 from service.generation.providers.base import Chunk, ModelRequest
+from service.generation.providers.base import ProviderError as RunFailed
 from service.pipelines import code, page, scenes
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "PipelineError",
+    "RunFailed",
     "Stage",
     "builtins",
     "load_pipelines",

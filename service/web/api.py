@@ -32,7 +32,8 @@ DATA_IMAGE_PREFIX: Final = "data:image/"
 # The fields each body may hold: any other is refused, naming it, because a misspelt
 # optional field (`pipline`, `image_url`) ignored in silence is a request that did not do
 # what its sender meant. The description says so (additionalProperties: false).
-PROJECT_FIELDS: Final = frozenset({"name"})
+PROJECT_FIELDS: Final = frozenset({"name", "pipeline"})
+PROJECT_PATCH_FIELDS: Final = frozenset({"pipeline"})
 GENERATION_FIELDS: Final = frozenset(
     {"prompt", "image_urls", "client_request_id", "pipeline", "inputs"}
 )
@@ -134,10 +135,11 @@ async def create_project(request: web.Request) -> web.Response:
     services = _services(request)
     body = await _json_body(request, PROJECT_FIELDS)
     name = _optional_text(body, "name", MAX_NAME_CHARS) or "Untitled project"
+    pipeline = _pipeline_name(services, body, nullable=False)
     project_id = new_id("prj")
 
     async def insert(tx: Tx, emit: Emit) -> None:
-        await tx.insert_project(project_id, name.strip(), now_ms())
+        await tx.insert_project(project_id, name.strip(), now_ms(), pipeline=pipeline)
 
     await services.journal.transact(insert)
     return json_response(views.project(await _project_or_404(services, project_id)), status=201)
@@ -154,6 +156,33 @@ async def list_projects(request: web.Request) -> web.Response:
 async def get_project(request: web.Request) -> web.Response:
     project = await _project_or_404(_services(request), request.match_info["pid"])
     return json_response(views.project(project))
+
+
+@routes.patch("/api/projects/{pid}")
+async def update_project(request: web.Request) -> web.Response:
+    """Set the project's default pipeline (`pipeline`: a name, or null to clear it)."""
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    body = await _json_body(request, PROJECT_PATCH_FIELDS)
+    if "pipeline" not in body:
+        raise bad_request("pipeline", "is required: a pipeline's name, or null to clear it")
+    pipeline = _pipeline_name(services, body, nullable=True)
+
+    async def update(tx: Tx, emit: Emit) -> None:
+        if not await tx.project_exists(project_id):
+            raise NotFound("project", project_id)
+        await tx.set_project_pipeline(project_id, pipeline)
+
+    await services.journal.transact(update)
+    return json_response(views.project(await _project_or_404(services, project_id)))
+
+
+def _pipeline_name(services: Services, body: dict[str, Any], *, nullable: bool) -> str | None:
+    """A project's default pipeline from `body`: one this server runs (a 400 otherwise)."""
+    if "pipeline" not in body or (nullable and body["pipeline"] is None):
+        return None
+    name = _text(body["pipeline"], "pipeline", MAX_PIPELINE_CHARS)
+    return services.generations.pipeline(name).name
 
 
 @routes.get("/api/projects/{pid}/messages")

@@ -59,6 +59,7 @@ POLICIES: Final[dict[tuple[str, str], Need]] = {
     ("GET", "/api/projects"): Need(Reach.ANY),
     ("POST", "/api/projects"): Need(Reach.MASTER),
     ("GET", "/api/projects/{pid}"): READ_PROJECT,
+    ("PATCH", "/api/projects/{pid}"): Need(Reach.PROJECT, Right.WRITE),
     ("GET", "/api/projects/{pid}/messages"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/files"): READ_PROJECT,
     ("GET", "/api/projects/{pid}/files/{path}"): READ_PROJECT,

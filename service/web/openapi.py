@@ -70,6 +70,8 @@ MILLIS: Final[Schema] = {"type": "integer", "description": "Unix time in millise
 PROCESS_ID: Final[Schema] = {"type": "integer", "description": "the serving process's id"}
 EVENT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
 SCHEMAS_PATH: Final = "/api/events/schemas"
+# A pipeline's name (GET /api/pipelines; describe() lists those installed as its enum).
+PIPELINE_NAME: Final[Schema] = {"type": "string", "maxLength": 40}
 # Built-in, a pipeline's (dotted lowercase words) or an app's (app.*): each type's own
 # schema is in the document at SCHEMAS_PATH.
 EVENT_TYPE: Final[Schema] = {
@@ -217,7 +219,22 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             {"type": {"const": events.STREAM_CURSOR}, "last_event_id": EVENT_ID}
         ),
         "ProjectBody": {
-            **_object({}, name=_text(MAX_NAME_CHARS, "trimmed of white space when stored")),
+            **_object(
+                {},
+                name=_text(MAX_NAME_CHARS, "trimmed of white space when stored"),
+                pipeline={**PIPELINE_NAME, "description": "the project's default pipeline"},
+            ),
+            "additionalProperties": False,
+        },
+        "ProjectPatch": {
+            **_object(
+                {
+                    "pipeline": {
+                        "anyOf": [PIPELINE_NAME, {"type": "null"}],
+                        "description": "the project's default pipeline; null clears it",
+                    }
+                }
+            ),
             "additionalProperties": False,
         },
         "GenerationBody": {
@@ -263,8 +280,11 @@ def _with_pipelines(
     the configured default's (a project's own default is not described here)."""
     if not pipelines:
         return schemas
+    names = sorted(pipelines)
+    schemas["ProjectBody"]["properties"]["pipeline"]["enum"] = names
+    schemas["ProjectPatch"]["properties"]["pipeline"]["anyOf"][0] = {**PIPELINE_NAME, "enum": names}
     body = schemas["GenerationBody"]
-    body["properties"]["pipeline"]["enum"] = sorted(pipelines)
+    body["properties"]["pipeline"]["enum"] = names
     default = settings.generation.pipeline
     body["allOf"] = [
         {
@@ -535,7 +555,18 @@ def _project_paths(body_limit: int) -> dict[str, Any]:
             ),
         },
         "/api/projects/{pid}": {
-            "get": _read("getProject", "one project", _ok("it", _ref("Project")), PID)
+            "get": _read("getProject", "one project", _ok("it", _ref("Project")), PID),
+            "patch": _op(
+                "updateProject",
+                "set or clear the project's default pipeline",
+                ("200", _ok("the project as it is now", _ref("Project"))),
+                "bad_input",
+                "unknown_id",
+                "too_large",
+                "write_refused",
+                params=[PID],
+                requestBody=_body("ProjectPatch", required=True, limit=body_limit),
+            ),
         },
         "/api/projects/{pid}/messages": {
             "get": _read(
