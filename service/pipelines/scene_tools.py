@@ -2,17 +2,16 @@
 model's choice of one.
 
 The choice is the model's text, untrusted (with the openai provider it comes off the
-network): it must be one JSON object `{"tool": ..., "arguments": {...}}`, alone or in one
-```json fence (chat models wrap JSON so), the arguments exactly as the tool's schema says,
-every string and number bounded, and a scene it names one of this project's. Anything
-else is a ProviderError `bad_response` that fails the run before anything is written.
-The offline provider's choice (scene_brain.py) is read the same way: one path. The
-reply is read whole and parsed as replies.py does for every pipeline.
+network): it must be one JSON object `{"tool": ..., "arguments": {...}}` and nothing
+else (parsed as replies.py does for every pipeline: no code fence, no repeated key, no
+NaN), the arguments exactly as the tool's schema says, every string and number bounded,
+and a scene it names one of this project's. Anything else is a ProviderError
+`bad_response` that fails the run before anything is written. The offline provider's
+choice (scene_brain.py) is read the same way: one path.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -56,13 +55,14 @@ TITLE: Final[Schema] = {
     "minLength": 1,
     "maxLength": MAX_TITLE_CHARS,
     "pattern": r"\S",
-    "not": {"pattern": r"[\x00-\x1f\x7f]"},
+    "not": {"pattern": r"[\x00-\x1f\x7f\ud800-\udfff]"},
 }
-# Text with lines and tabs, no other control characters.
+# Text with lines and tabs, no other control character; and in both, no lone surrogate
+# (JSON's \ud800 escape reads as one, which no UTF-8 column or encoder takes).
 DESCRIPTION: Final[Schema] = {
     "type": "string",
     "maxLength": MAX_DESCRIPTION_CHARS,
-    "not": {"pattern": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"},
+    "not": {"pattern": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]"},
 }
 DURATION: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_MS}
 
@@ -101,8 +101,6 @@ CHOICE_EVENT: Final[Schema] = {
 }
 _CHOICE_CHECK: Final = Draft202012Validator(_CHOICE)
 _ARGUMENT_CHECKS: Final = {tool: Draft202012Validator(ARGUMENTS[tool]) for tool in TOOLS}
-# The whole reply in one fence, ```json or ```; nothing before or after it.
-_FENCED: Final = re.compile(r"\A```(?:json)?[ \t]*\n(.*?)\n?```\Z", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +126,7 @@ def parse_reply(text: str, scenes: Sequence[SceneRow], project_id: str) -> ToolC
     """The model's reply as a ToolCall on `scenes` (the project's, as they are now)."""
     if len(text) > MAX_REPLY_CHARS:
         raise refused(f"it is longer than {MAX_REPLY_CHARS:,} characters")
-    body = text.strip()
-    fenced = _FENCED.match(body)
-    value = parse_object(body if fenced is None else fenced.group(1), WHAT)
+    value = parse_object(text, WHAT)
     _check(_CHOICE_CHECK, value, "")
     tool: str = value["tool"]
     arguments: dict[str, Any] = value["arguments"]
@@ -187,7 +183,7 @@ def _reason(error: ValidationError) -> str:
         "maximum": f"is more than {expected}",
         "minimum": f"is less than {expected}",
         "pattern": "has nothing visible in it",
-        "not": "holds control characters",
+        "not": "holds control characters or lone surrogates",
         "minProperties": "names nothing to change",
     }
     reason = reasons.get(str(error.validator))
