@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 POSITIVE: Final = frozenset(
     {
         "server.max_body_bytes",
+        "storage.max_document_chars",
         "server.shutdown_grace_seconds",
         "server.workers",
         "storage.readers",
@@ -94,6 +95,10 @@ class StorageSettings:
     busy_timeout_ms: int = 5000
     readers: int = 1
     retention_events_per_project: int = 100_000
+    # One knowledge-base document's content, in characters (POST .../documents): more is a
+    # 400. Its JSON, at 12 bytes a character at worst (an escaped surrogate pair), stays
+    # within server.max_body_bytes, so the cap answers before the body's does.
+    max_document_chars: int = 50_000
     retention_days: float = 0.0
     retention_interval_seconds: float = 600.0
 

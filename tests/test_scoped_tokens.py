@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jwt
 import orjson
@@ -66,7 +68,14 @@ NEEDS = {
     ("get", "/api/projects/{pid}/stream"): Need.READ,
     ("post", "/api/projects/{pid}/events"): Need.PUBLISH,
     ("get", "/api/events/schemas"): Need.ANY,
+    ("get", "/api/pipelines"): Need.ANY,
     ("post", "/api/projects/{pid}/generations"): Need.WRITE,
+    ("post", "/api/projects/{pid}/documents"): Need.WRITE,
+    ("get", "/api/projects/{pid}/documents"): Need.READ,
+    ("get", "/api/projects/{pid}/documents/search"): Need.READ,
+    ("delete", "/api/projects/{pid}/documents/{did}"): Need.WRITE,
+    ("get", "/api/projects/{pid}/personas/{visitor_id}"): Need.READ,
+    ("get", "/api/projects/{pid}/scenes"): Need.READ,
     ("get", "/api/generations/{gid}"): Need.READ,
     ("get", "/api/generations/{gid}/stream"): Need.READ,
     ("post", "/api/generations/{gid}/cancel"): Need.WRITE,
@@ -80,7 +89,14 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/projects/{pid}/generations"): {"prompt": "a todo api"},
     ("post", "/api/tokens"): {"projects": ["prj_x"]},
     ("post", "/api/projects/{pid}/events"): {"type": "app.matrix", "data": {"n": 1}},
+    ("post", "/api/projects/{pid}/documents"): {"title": "matrix", "content": "a document"},
 }
+# The query a route needs to answer 2xx, and the persona the matrix reads (stored by the
+# page pipeline, so written into the file here).
+QUERIES: dict[tuple[str, str], dict[str, str]] = {
+    ("get", "/api/projects/{pid}/documents/search"): {"q": "matrix"},
+}
+VISITOR = "v-matrix"
 ALLOWED = 0  # any 2xx
 
 
@@ -135,6 +151,7 @@ class World:
     generation_a: str
     file_a: str
     db: Path
+    document_a: str
 
     def counts(self) -> dict[str, int]:
         tables = db_rows(self.db, "SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -154,7 +171,13 @@ async def world(make_server: MakeServer, tmp_path: Path, **sections: Any) -> Wor
     for generation in generations:
         await finish(gs, generation)
     files = await gs.json("GET", f"/api/projects/{a}/files", headers=master)
-    return World(gs, a, b, generations[0], files["files"][0]["path"], tmp_path / "genstream.db")
+    document = {"title": "matrix", "content": "the matrix's document"}
+    path = f"/api/projects/{a}/documents"
+    document_a = (await gs.json("POST", path, 201, json=document, headers=master))["id"]
+    db = tmp_path / "genstream.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("INSERT INTO personas VALUES (?, ?, '[]', '[]', 1, 1)", (a, VISITOR))
+    return World(gs, a, b, generations[0], files["files"][0]["path"], db, document_a)
 
 
 async def finish(gs: Genstream, generation_id: str) -> None:
@@ -212,12 +235,18 @@ async def test_every_route_answers_each_credential_as_its_scope_says(
             path.replace("{pid}", w.a)
             .replace("{gid}", w.generation_a)
             .replace("{path}", quote(w.file_a))
+            .replace("{did}", w.document_a)
+            .replace("{visitor_id}", VISITOR)
         )
         headers: dict[str, str] = {}
+        query = dict(QUERIES.get((method, path), {}))
         if credential is Credential.QUERY:
-            url += f"?token={token}"
+            assert token is not None
+            query["token"] = token
         elif token is not None:
             headers = bearer(token)
+        if query:
+            url += "?" + urlencode(query)
         want = expected(credential, method, path)
         before = w.counts()
         body = BODIES.get((method, path))

@@ -15,7 +15,7 @@ from service.eventlog import app_events
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
 from service.generation.lifecycle import new_id
-from service.storage.interface import GenerationRow, ProjectRow, Tx
+from service.storage.interface import DocumentRow, GenerationRow, ProjectRow, Tx
 from service.web import archive, auth, views
 from service.web.context import SCHEMAS, SERVICES, Services
 from service.web.errors import ApiError, bad_request
@@ -51,6 +51,14 @@ SPACES: Final = (
 )
 NOT_BLANK: Final = f"[^{SPACES}]"
 _NOT_BLANK: Final = re.compile(NOT_BLANK)
+
+# A knowledge base's documents: a title as long as a project's name; the content's cap
+# is a setting (storage.max_document_chars). A search's query and its number of hits.
+DOCUMENT_FIELDS: Final = frozenset({"title", "content"})
+MAX_TITLE_CHARS: Final = 200
+MAX_SEARCH_CHARS: Final = 1000
+DEFAULT_SEARCH_LIMIT: Final = 10
+MAX_SEARCH_LIMIT: Final = 100
 
 routes = web.RouteTableDef()
 
@@ -437,6 +445,96 @@ async def close_session(request: web.Request) -> web.Response:
     response = web.Response(status=204)
     auth.clear_session_cookie(response)
     return response
+
+
+# -- the pipelines' state: a project's knowledge base, personas, scenes -----------------
+
+
+@routes.post("/api/projects/{pid}/documents")
+async def create_document(request: web.Request) -> web.Response:
+    """A document of the project's knowledge base (the page pipeline searches it): 201."""
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    body = await _json_body(request, DOCUMENT_FIELDS)
+    for field in sorted(DOCUMENT_FIELDS):
+        if field not in body:
+            raise bad_request(field, "is required: a non-empty string")
+    title = _text(body["title"], "title", MAX_TITLE_CHARS).strip()
+    content = _text(body["content"], "content", services.settings.storage.max_document_chars)
+    await _require_project(services, project_id)
+    document = DocumentRow(new_id("doc"), project_id, title, content, now_ms())
+
+    async def insert(tx: Tx, emit: Emit) -> None:
+        await tx.insert_document(document)
+
+    await services.journal.transact(insert)
+    return json_response(views.document(document), status=201)
+
+
+@routes.get("/api/projects/{pid}/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    await _require_project(services, project_id)
+    documents = await services.storage.documents(project_id)
+    return json_response({"documents": [views.document(d) for d in documents]})
+
+
+# Before the document's own path: `search` is not a document id.
+@routes.get("/api/projects/{pid}/documents/search")
+async def search_documents(request: web.Request) -> web.Response:
+    """The project's documents holding any word of `q`, best first."""
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    query = request.query.get("q")
+    if query is None:
+        raise bad_request("q", "is required: the words to search for")
+    if len(query) > MAX_SEARCH_CHARS:
+        raise bad_request("q", f"must be at most {MAX_SEARCH_CHARS} characters")
+    limit = _query_int(request, "limit", DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
+    if limit == 0:
+        raise bad_request("limit", "must be at least 1")
+    await _require_project(services, project_id)
+    hits = await services.storage.search_documents(project_id, query, limit)
+    return json_response({"results": [views.document_hit(hit) for hit in hits]})
+
+
+# A document's id only (doc_...): /documents/search is another resource, and its Allow
+# header names GET alone.
+@routes.delete("/api/projects/{pid}/documents/{did:doc_[^/]+}")
+async def delete_document(request: web.Request) -> web.Response:
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    document_id = request.match_info["did"]
+    await _require_project(services, project_id)
+
+    async def delete(tx: Tx, emit: Emit) -> bool:
+        return await tx.delete_document(project_id, document_id)
+
+    if not await services.journal.transact(delete):
+        raise NotFound("document", document_id)
+    return web.Response(status=204)
+
+
+@routes.get("/api/projects/{pid}/personas/{visitor_id}")
+async def get_persona(request: web.Request) -> web.Response:
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    visitor_id = request.match_info["visitor_id"]
+    await _require_project(services, project_id)
+    persona = await services.storage.persona(project_id, visitor_id)
+    if persona is None:
+        raise NotFound("persona", visitor_id)
+    return json_response(views.persona(persona))
+
+
+@routes.get("/api/projects/{pid}/scenes")
+async def list_scenes(request: web.Request) -> web.Response:
+    services = _services(request)
+    project_id = request.match_info["pid"]
+    await _require_project(services, project_id)
+    scenes = await services.storage.scenes(project_id)
+    return json_response({"scenes": [views.scene(scene) for scene in scenes]})
 
 
 # -- service ---------------------------------------------------------------------------

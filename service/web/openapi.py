@@ -31,9 +31,13 @@ from service.eventlog.schemas import APP_TYPE_PATTERN, DIALECT, MAX_TYPE_CHARS
 from service.web.api import (
     DATA_IMAGE_PREFIX,
     DEFAULT_EVENTS_LIMIT,
+    DEFAULT_SEARCH_LIMIT,
     MAX_EVENTS_LIMIT,
     MAX_NAME_CHARS,
     MAX_REQUEST_ID_CHARS,
+    MAX_SEARCH_CHARS,
+    MAX_SEARCH_LIMIT,
+    MAX_TITLE_CHARS,
     MAX_URL_CHARS,
     NOT_BLANK,
     WEB_URL_SCHEMES,
@@ -267,6 +271,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
         },
         **_token_schemas(settings),
+        **_knowledge_schemas(settings),
     }
 
 
@@ -659,6 +664,139 @@ def _event_schema_paths() -> dict[str, Any]:
     }
 
 
+def _knowledge_schemas(settings: Settings) -> dict[str, Schema]:
+    """A project's knowledge base, its visitors' personas and its scenes: the state of
+    the page and scenes pipelines."""
+    count = {"type": "integer", "minimum": 0}
+    words = {"type": "array", "items": STRING}
+    return {
+        "Document": _object(
+            {
+                "id": STRING,
+                "project_id": STRING,
+                "title": STRING,
+                "content": STRING,
+                "created_at": MILLIS,
+            }
+        ),
+        "DocumentBody": {
+            **_object(
+                {
+                    "title": _text(MAX_TITLE_CHARS, "trimmed of white space when stored"),
+                    "content": _text(settings.storage.max_document_chars, "its text"),
+                }
+            ),
+            "additionalProperties": False,
+        },
+        "DocumentHit": _object(
+            {
+                "document_id": STRING,
+                "title": STRING,
+                "snippet": {"type": "string", "description": "plain text around the matches"},
+                "rank": {"type": "number", "description": "higher is better, within a search"},
+            }
+        ),
+        "Persona": _object(
+            {
+                "project_id": STRING,
+                "visitor_id": STRING,
+                "pain_points": words,
+                "interests": words,
+                "visits": count,
+                "updated_at": MILLIS,
+            }
+        ),
+        "Scene": _object(
+            {
+                "id": STRING,
+                "project_id": STRING,
+                "position": {"type": "integer"},
+                "title": STRING,
+                "description": STRING,
+                "duration_ms": count,
+                "created_at": MILLIS,
+                "updated_at": MILLIS,
+            }
+        ),
+    }
+
+
+def _knowledge_paths(body_limit: int) -> dict[str, Any]:
+    limit = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_SEARCH_LIMIT,
+        "default": DEFAULT_SEARCH_LIMIT,
+    }
+    query = {"type": "string", "maxLength": MAX_SEARCH_CHARS}
+    hits = _object({"results": _array("DocumentHit")})
+    return {
+        "/api/projects/{pid}/documents": {
+            "get": _read(
+                "listDocuments",
+                "the project's knowledge base",
+                _ok("oldest first", _object({"documents": _array("Document")})),
+                PID,
+            ),
+            "post": _op(
+                "createDocument",
+                "add a document to the project's knowledge base",
+                ("201", _ok("the stored document", _ref("Document"))),
+                "bad_input",
+                "unknown_id",
+                "too_large",
+                "write_refused",
+                params=[PID],
+                requestBody=_body("DocumentBody", required=True, limit=body_limit),
+            ),
+        },
+        "/api/projects/{pid}/documents/search": {
+            "get": _op(
+                "searchDocuments",
+                "full-text search of the project's documents: any of the query's words",
+                ("200", _ok("best first", hits)),
+                "bad_input",
+                "unknown_id",
+                params=[
+                    PID,
+                    {
+                        **_query("q", query, "words; any other character separates them"),
+                        "required": True,
+                    },
+                    _query("limit", limit, "at most this many results"),
+                ],
+            )
+        },
+        "/api/projects/{pid}/documents/{did}": {
+            "delete": _op(
+                "deleteDocument",
+                "remove a document from the knowledge base and its search",
+                ("204", {"description": "deleted"}),
+                "unknown_id",
+                "write_refused",
+                params=[PID, _path("did")],
+            )
+        },
+        "/api/projects/{pid}/personas/{visitor_id}": {
+            "get": _read(
+                "getPersona",
+                "what the project knows of a visitor (the page pipeline keeps it)",
+                _ok("it", _ref("Persona")),
+                PID,
+                _path("visitor_id"),
+            )
+        },
+        "/api/projects/{pid}/scenes": {
+            "get": _read(
+                "listScenes",
+                "the project's scenes (the scenes pipeline edits them)",
+                _ok("by position", _object({"scenes": _array("Scene")})),
+                PID,
+            )
+        },
+    }
+
+
 def _generation_paths(body_limit: int) -> dict[str, Any]:
     submitted = _object(
         {
@@ -840,6 +978,7 @@ def describe(
             **_generation_paths(body_limit),
             **_token_paths(body_limit),
             **_event_schema_paths(),
+            **_knowledge_paths(body_limit),
             **_service_paths(),
         },
     }

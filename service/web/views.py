@@ -7,7 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from service.generation.pipeline import Pipeline
-from service.storage.interface import FileInfo, FileRow, GenerationRow, MessageRow, ProjectRow
+from service.storage.interface import (
+    DocumentHit,
+    DocumentRow,
+    FileInfo,
+    FileRow,
+    GenerationRow,
+    MessageRow,
+    PersonaRow,
+    ProjectRow,
+    SceneRow,
+)
 
 
 def project(row: ProjectRow) -> dict[str, Any]:
@@ -101,4 +111,51 @@ def pipeline(declared: Pipeline) -> dict[str, Any]:
         "stages": [stage.describe() for stage in declared.stages],
         "events": [spec.type for spec in declared.events],
         "inputs": declared.inputs,
+    }
+
+
+def document(row: DocumentRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "project_id": row.project_id,
+        "title": row.title,
+        "content": row.content,
+        "created_at": row.created_at,
+    }
+
+
+def document_hit(hit: DocumentHit) -> dict[str, Any]:
+    """A search's hit; the page pipeline's page.knowledge event carries the same object."""
+    return {
+        "document_id": hit.document_id,
+        "title": hit.title,
+        "snippet": hit.snippet,
+        "rank": hit.rank,
+    }
+
+
+def persona(row: PersonaRow) -> dict[str, Any]:
+    """A visitor's persona; the page pipeline's page.signals event carries the same keys
+    but project_id."""
+    return {
+        "project_id": row.project_id,
+        "visitor_id": row.visitor_id,
+        "pain_points": list(row.pain_points),
+        "interests": list(row.interests),
+        "visits": row.visits,
+        "updated_at": row.updated_at,
+    }
+
+
+def scene(row: SceneRow) -> dict[str, Any]:
+    """A scene, as the scenes pipeline's scene.* events carry it."""
+    return {
+        "id": row.id,
+        "project_id": row.project_id,
+        "position": row.position,
+        "title": row.title,
+        "description": row.description,
+        "duration_ms": row.duration_ms,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
     }
