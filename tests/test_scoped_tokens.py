@@ -60,6 +60,7 @@ NEEDS = {
     ("get", "/api/projects"): Need.ANY,
     ("post", "/api/projects"): Need.MASTER,
     ("get", "/api/projects/{pid}"): Need.READ,
+    ("patch", "/api/projects/{pid}"): Need.WRITE,
     ("get", "/api/projects/{pid}/messages"): Need.READ,
     ("get", "/api/projects/{pid}/files"): Need.READ,
     ("get", "/api/projects/{pid}/files/{path}"): Need.READ,
@@ -90,6 +91,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/tokens"): {"projects": ["prj_x"]},
     ("post", "/api/projects/{pid}/events"): {"type": "app.matrix", "data": {"n": 1}},
     ("post", "/api/projects/{pid}/documents"): {"title": "matrix", "content": "a document"},
+    ("patch", "/api/projects/{pid}"): {"pipeline": "code"},
 }
 # The query a route needs to answer 2xx, and the persona the matrix reads (stored by the
 # page pipeline, so written into the file here).
