@@ -4,6 +4,7 @@ server writes, and the files a project holds."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Genstream
+from tests.sse_reader import Frame, SSEReader
 
 POLL_SECONDS = 0.02
 
@@ -90,3 +92,29 @@ async def stored_files(gs: Genstream, project_id: str) -> dict[str, str]:
         file = await gs.json("GET", f"/api/projects/{project_id}/files/{entry['path']}")
         files[entry["path"]] = file["content"]
     return files
+
+
+async def follow_with_cuts(
+    gs: Genstream,
+    project_id: str,
+    rng: random.Random,
+    cut_after: tuple[int, int],
+    last: Callable[[Frame], bool],
+) -> list[int]:
+    """Follow the project's stream from the start, cutting it every `cut_after` events
+    (a random count in that range) and resuming with Last-Event-ID, until `last(frame)`;
+    every id received, in order (the tests of exactly once compare them with the log)."""
+    received: list[int] = []
+    while True:
+        headers = {"Last-Event-ID": str(received[-1] if received else 0)}
+        url = f"{gs.url}/api/projects/{project_id}/stream"
+        async with gs.http.get(url, headers=headers) as response:
+            assert response.status == 200
+            reader = SSEReader(response)
+            for _ in range(rng.randint(*cut_after)):
+                frame = await reader.event(timeout=30)
+                assert frame.id is not None
+                received.append(frame.id)
+                if last(frame):
+                    return received
+        # leaving the block closes the connection mid-stream: the cut

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from tests.conftest import Genstream, MakeServer
-from tests.sse_reader import SSEReader
+from tests.helpers import follow_with_cuts
+from tests.sse_reader import Frame
 
 pytestmark = pytest.mark.backends
 
@@ -23,23 +24,8 @@ LAST = "app.test.done"  # published once everything else has been: the clients' 
 TIMEOUT = 90.0
 
 
-async def _client(gs: Genstream, project_id: str, rng: random.Random) -> list[int]:
-    """Follow the project from the start, cutting the stream every 5-40 events and
-    resuming with Last-Event-ID, until the last app event."""
-    received: list[int] = []
-    while True:
-        headers = {"Last-Event-ID": str(received[-1] if received else 0)}
-        url = f"{gs.url}/api/projects/{project_id}/stream"
-        async with gs.http.get(url, headers=headers) as response:
-            assert response.status == 200
-            reader = SSEReader(response)
-            for _ in range(rng.randint(*CUT_AFTER)):
-                frame = await reader.event(timeout=30)
-                assert frame.id is not None
-                received.append(frame.id)
-                if frame.event == LAST:
-                    return received
-        # leaving the block closes the connection mid-stream: the cut
+def _is_last(frame: Frame) -> bool:
+    return frame.event == LAST
 
 
 async def _publisher(gs: Genstream, project_id: str, n: int, rng: random.Random) -> list[int]:
@@ -62,7 +48,9 @@ async def test_publishers_a_generation_and_resuming_clients_each_get_the_log_exa
     project_id = await gs.new_project()
     async with asyncio.timeout(TIMEOUT):
         clients = [
-            asyncio.create_task(_client(gs, project_id, random.Random(rng.random())))
+            asyncio.create_task(
+                follow_with_cuts(gs, project_id, random.Random(rng.random()), CUT_AFTER, _is_last)
+            )
             for _ in range(CLIENTS)
         ]
         generation_id = (await gs.generate(project_id))["generation"]["id"]

@@ -15,8 +15,8 @@ import pytest
 from service.eventlog import event as ev
 from tests.backends import Store
 from tests.conftest import Genstream, MakeServer
-from tests.helpers import wait_until
-from tests.sse_reader import SSEReader
+from tests.helpers import follow_with_cuts, wait_until
+from tests.sse_reader import Frame
 
 pytestmark = pytest.mark.backends
 
@@ -35,23 +35,11 @@ async def _client(
 ) -> list[int]:
     """Follow the project from the start, cutting the stream every 20-80 events and
     resuming with Last-Event-ID, until the generation's terminal event."""
-    received: list[int] = []
-    while True:
-        headers = {"Last-Event-ID": str(received[-1] if received else 0)}
-        url = f"{gs.url}/api/projects/{project_id}/stream"
-        async with gs.http.get(url, headers=headers) as response:
-            assert response.status == 200
-            reader = SSEReader(response)
-            for _ in range(rng.randint(*CUT_AFTER)):
-                frame = await reader.event()
-                assert frame.id is not None
-                received.append(frame.id)
-                if (
-                    frame.event in ev.TERMINAL_TYPES
-                    and frame.json["generation_id"] == generation_id
-                ):
-                    return received
-        # leaving the block closes the connection mid-stream: the cut
+
+    def terminal(frame: Frame) -> bool:
+        return frame.event in ev.TERMINAL_TYPES and frame.json["generation_id"] == generation_id
+
+    return await follow_with_cuts(gs, project_id, rng, CUT_AFTER, terminal)
 
 
 async def _poller(
