@@ -30,6 +30,8 @@ CONNECTIONS: Final = 16_384
 START_SECONDS: Final = 10.0
 STOP_SECONDS: Final = 10.0
 LOG: Final = "error.log"
+PORT_TRIES: Final = 3
+ADDRESS_IN_USE: Final = "Address already in use"  # nginx's bind() failure, strerror(EADDRINUSE)
 
 
 class _Config(string.Template):
@@ -67,20 +69,42 @@ class Nginx:
 def running(prefix: Path, workers: int) -> Iterator[Nginx]:
     """nginx with `workers` worker processes in `prefix`, until the block ends."""
     prefix.mkdir(parents=True)
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            nginx = _start(prefix, workers)
+            break
+        except PortTaken:
+            # common.free_port's port was taken before nginx bound it (the machine is
+            # shared): another port.
+            if attempt == PORT_TRIES:
+                raise
+    try:
+        yield nginx
+    finally:
+        _stop(nginx.process, nginx.pids)
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start(prefix: Path, workers: int) -> Nginx:
     port = common.free_port()
     path = prefix / "nginx.conf"
     path.write_text(config(prefix, port, workers))
     # A file, not a pipe: nobody reads nginx's log while it runs, and a full pipe would
     # stop it.
     log = prefix / LOG  # also the config's error_log, from the start on
+    log.unlink(missing_ok=True)
     command = [str(NGINX), "-p", str(prefix), "-c", str(path), "-e", str(log)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     pids: tuple[int, ...] = (process.pid,)
     try:
         pids += _started(process, port, workers, log)
-        yield Nginx(f"http://{common.LOOPBACK}:{port}", pids, process)
-    finally:
+    except BaseException:
         _stop(process, pids)
+        raise
+    return Nginx(f"http://{common.LOOPBACK}:{port}", pids, process)
 
 
 def _started(
@@ -91,7 +115,8 @@ def _started(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             said = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"nginx (nchan) exited with {process.returncode}: {said}")
+            failure = PortTaken if ADDRESS_IN_USE in said else RuntimeError
+            raise failure(f"nginx (nchan) exited with {process.returncode}: {said}")
         children = _children(process.pid)
         if len(children) == workers and _accepts(port):
             return children
