@@ -420,7 +420,10 @@ async def test_with_the_openai_provider_the_models_replies_make_the_page(
 
 HOSTILE_INTENTS = {
     "prose": (answer("Sure! The intent is pricing."), "is not JSON"),
-    "fenced": (answer('```json\n{"intent": "pricing", "confidence": 1}\n```'), "is not JSON"),
+    "prose-and-fence": (
+        answer('Here it is:\n```json\n{"intent": "pricing", "confidence": 1}\n```'),
+        "is not JSON",
+    ),
     "a-list": (answer('["pricing"]'), "is list, not a JSON object"),
     "unknown-intent": (_intent("hack"), "'hack' is not one of"),
     "confidence-2": (_intent(confidence=2), "2 is greater than the maximum of 1"),

@@ -341,8 +341,8 @@ HOSTILE: dict[str, tuple[Callable[[str, str], str], str]] = {
         "arguments.description: holds control characters or lone surrogates",
     ),
     "not JSON": (lambda own, other: "Sure! I'll add a scene for you.", "is not JSON"),
-    "a code fence": (
-        lambda own, other: "```json\n" + choice("delete", scene_id=own) + "\n```",
+    "prose and a code fence": (
+        lambda own, other: "Done:\n```json\n" + choice("delete", scene_id=own) + "\n```",
         "is not JSON",
     ),
     "JSON that is not an object": (lambda own, other: "[1, 2]", "not a JSON object"),

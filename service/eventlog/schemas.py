@@ -45,8 +45,9 @@ _EVENT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": 2**63 - 
 _SHA256: Final[Schema] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 
-def _exact(required: Mapping[str, Schema], **optional: Schema) -> Schema:
-    """An object of these fields and no other."""
+def exact(required: Mapping[str, Schema], **optional: Schema) -> Schema:
+    """An object of these fields and no other: those of `required` required (the one
+    helper for the built-ins' schemas and the pipelines')."""
     return {
         "type": "object",
         "required": list(required),
@@ -56,7 +57,7 @@ def _exact(required: Mapping[str, Schema], **optional: Schema) -> Schema:
 
 
 _MESSAGE_STATUS: Final[Schema] = {"enum": ["complete", "pending", "success", "error", "cancelled"]}
-_MESSAGE: Final = _exact(
+_MESSAGE: Final = exact(
     {
         "id": _ID,
         "project_id": _ID,
@@ -68,11 +69,11 @@ _MESSAGE: Final = _exact(
         "updated_at": _MILLIS,
     }
 )
-_STAGE_ITEM: Final = _exact({"id": _ID, "label": _STRING}, start=_COUNT, end=_COUNT)
-_USAGE: Final = _exact(
+_STAGE_ITEM: Final = exact({"id": _ID, "label": _STRING}, start=_COUNT, end=_COUNT)
+_USAGE: Final = exact(
     {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT}
 )
-_TIMINGS: Final = _exact(
+_TIMINGS: Final = exact(
     {
         "total_ms": _COUNT,
         "first_token_ms": {"type": ["integer", "null"], "minimum": 0},
@@ -83,12 +84,12 @@ _TIMINGS: Final = _exact(
 
 # The payload of each built-in type: the fields after the envelope.
 BUILTIN_PAYLOADS: Final[Mapping[str, Schema]] = {
-    EventType.MESSAGE_CREATED: _exact({"message": _MESSAGE}),
-    EventType.MESSAGE_DELTA: _exact({"message_id": _ID, "delta": _STRING}),
-    EventType.MESSAGE_UPDATED: _exact(
-        {"message": _exact({"id": _ID, "status": _MESSAGE_STATUS, "content": _STRING})}
+    EventType.MESSAGE_CREATED: exact({"message": _MESSAGE}),
+    EventType.MESSAGE_DELTA: exact({"message_id": _ID, "delta": _STRING}),
+    EventType.MESSAGE_UPDATED: exact(
+        {"message": exact({"id": _ID, "status": _MESSAGE_STATUS, "content": _STRING})}
     ),
-    EventType.GENERATION_STARTED: _exact(
+    EventType.GENERATION_STARTED: exact(
         {
             "stages": {"type": "array", "minItems": 1, "items": _STAGE_ITEM},
             "provider": _STRING,
@@ -96,7 +97,7 @@ BUILTIN_PAYLOADS: Final[Mapping[str, Schema]] = {
         },
         pipeline=_ID,
     ),
-    EventType.STAGE: _exact(
+    EventType.STAGE: exact(
         {
             "stage": _ID,
             "label": _STRING,
@@ -104,27 +105,27 @@ BUILTIN_PAYLOADS: Final[Mapping[str, Schema]] = {
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
         }
     ),
-    EventType.FILE_STARTED: _exact({"path": _ID, "replaces": {"type": "boolean"}}),
-    EventType.FILE_DELTA: _exact(
+    EventType.FILE_STARTED: exact({"path": _ID, "replaces": {"type": "boolean"}}),
+    EventType.FILE_DELTA: exact(
         {"path": _ID, "delta": _STRING, "line": {"type": "integer", "minimum": 1}}
     ),
-    EventType.FILE_COMPLETED: _exact({"path": _ID, "size": _COUNT, "sha256": _SHA256}),
+    EventType.FILE_COMPLETED: exact({"path": _ID, "size": _COUNT, "sha256": _SHA256}),
     # `check`: closed and path from the parser, json, toml and python from validation.py;
     # a pipeline writing files may name its own.
-    EventType.VALIDATION: _exact(
+    EventType.VALIDATION: exact(
         {"check": _ID, "ok": {"type": "boolean"}, "detail": _STRING, "path": _STRING}
     ),
-    EventType.GENERATION_COMPLETED: _exact(
+    EventType.GENERATION_COMPLETED: exact(
         {"summary": _STRING, "usage": _USAGE, "timings": _TIMINGS},
         result={"type": "object"},
     ),
-    EventType.GENERATION_FAILED: _exact(
+    EventType.GENERATION_FAILED: exact(
         {"code": _ID, "message": _STRING, "retryable": {"type": "boolean"}}
     ),
-    EventType.GENERATION_CANCELLED: _exact({}),
+    EventType.GENERATION_CANCELLED: exact({}),
 }
 
-STREAM_CURSOR_SCHEMA: Final = _exact({"type": {"const": STREAM_CURSOR}, "last_event_id": _EVENT_ID})
+STREAM_CURSOR_SCHEMA: Final = exact({"type": {"const": STREAM_CURSOR}, "last_event_id": _EVENT_ID})
 
 
 class SchemaProblem(ValueError):
@@ -172,7 +173,7 @@ def app_event_schema(
     resource of its own: a `$ref` of it to `#/...` stays inside it)."""
     return event_schema(
         type_,
-        _exact({"data": _data_resource(type_, data)}),
+        exact({"data": _data_resource(type_, data)}),
         in_generation=False,
         type_schema=type_schema,
     )

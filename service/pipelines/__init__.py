@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final
 
+from service.eventlog.schemas import exact
 from service.generation.pipeline import Context, EventSpec, Outcome, Pipeline, Stage
 from service.generation.providers.base import Chunk, ModelRequest
 from service.generation.providers.base import ProviderError as RunFailed
@@ -37,6 +38,7 @@ __all__ = [
     "RunFailed",
     "Stage",
     "builtins",
+    "exact",
     "load_pipelines",
 ]
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from jsonschema import Draft202012Validator
 
+from service.eventlog.schemas import exact
 from service.generation.pipeline import EventSpec
 
 Schema = dict[str, Any]
@@ -60,12 +61,7 @@ def _text(max_length: int, min_length: int = 0) -> Schema:
 
 def _exact(**properties: Schema) -> Schema:
     """An object of exactly these fields, each required."""
-    return {
-        "type": "object",
-        "required": list(properties),
-        "properties": properties,
-        "additionalProperties": False,
-    }
+    return exact(properties)
 
 
 def _list(items: Schema, max_items: int, min_items: int = 0) -> Schema:

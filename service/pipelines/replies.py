@@ -9,6 +9,7 @@ what was asked and what was wrong with it: never a half-used answer, never a 500
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final, NoReturn
 
 from jsonschema import Draft202012Validator
@@ -22,6 +23,9 @@ BAD_RESPONSE: Final = "bad_response"
 # quotes the value it refused, which may be a whole list of sections).
 MAX_QUOTE: Final = 80
 MAX_REASON: Final = 200
+# A reply that is one Markdown code block and nothing else: chat models wrap JSON in one
+# often, even when told not to, and the block's text is the reply. Prose around it is not.
+FENCED: Final = re.compile(r"\A\s*```(?:json)?[ \t]*\n(.*)\n[ \t]*```\s*\Z", re.DOTALL)
 
 
 async def json_reply(
@@ -67,9 +71,12 @@ async def whole_reply(ctx: Context, request: ModelRequest, *, what: str, max_cha
 
 
 def parse_object(text: str, what: str) -> dict[str, Any]:
-    """`text` as one JSON object, strictly: nothing around it but whitespace, no key
-    twice (which of the two a reader takes is up to the reader), no NaN or Infinity
-    (not JSON, though Python's json reads them)."""
+    """`text` as one JSON object, strictly: nothing around it but whitespace (or one
+    code block it is the whole of), no key twice (which of the two a reader takes is up
+    to the reader), no NaN or Infinity (not JSON, though Python's json reads them)."""
+    fenced = FENCED.match(text)
+    if fenced is not None:
+        text = fenced.group(1)
     try:
         value = json.loads(text, object_pairs_hook=_no_repeats, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:

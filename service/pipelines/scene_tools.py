@@ -3,9 +3,9 @@ model's choice of one.
 
 The choice is the model's text, untrusted (with the openai provider it comes off the
 network): it must be one JSON object `{"tool": ..., "arguments": {...}}` and nothing
-else (parsed as replies.py does for every pipeline: no code fence, no repeated key, no
-NaN), the arguments exactly as the tool's schema says, every string and number bounded,
-and a scene it names one of this project's. Anything else is a ProviderError
+else (parsed as replies.py does for every pipeline: at most one code block around it,
+no repeated key, no NaN), the arguments exactly as the tool's schema says, every string
+and number bounded, and a scene it names one of this project's. Anything else is a ProviderError
 `bad_response` that fails the run before anything is written. The offline provider's
 choice (scene_brain.py) is read the same way: one path.
 """
@@ -19,6 +19,7 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from service.eventlog.schemas import exact
 from service.generation.providers.base import ProviderError
 from service.pipelines.replies import BAD_RESPONSE, parse_object
 from service.storage.interface import SceneRow
@@ -65,16 +66,6 @@ DESCRIPTION: Final[Schema] = {
     "not": {"pattern": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]"},
 }
 DURATION: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_MS}
-
-
-def exact(required: Mapping[str, Schema], **optional: Schema) -> Schema:
-    """An object of these fields and no other."""
-    return {
-        "type": "object",
-        "required": list(required),
-        "properties": {**required, **optional},
-        "additionalProperties": False,
-    }
 
 
 ARGUMENTS: Final[Mapping[str, Schema]] = {

@@ -17,6 +17,7 @@ from typing import Final
 
 from service.eventlog.event import now_ms
 from service.eventlog.journal import Emit
+from service.eventlog.schemas import exact
 from service.generation.lifecycle import new_id
 from service.generation.pipeline import Context, EventSpec, Outcome, Pipeline, Stage
 from service.pipelines.replies import whole_reply
@@ -35,7 +36,6 @@ from service.pipelines.scene_tools import (
     WHAT,
     Schema,
     ToolCall,
-    exact,
     parse_reply,
     target,
 )
