@@ -12,6 +12,10 @@ it, and replacing it needs care:
   is ordinary text). In chat text and file content that is the whole clean-up; a path
   holding U+FFFD is refused by service/paths.py, so a path is never stored under a name
   other than the one the model sent.
+* U+0000 (NUL) becomes U+FFFD too: PostgreSQL's text cannot hold it ("the character
+  with code zero cannot be stored", PostgreSQL docs, 8.3 Character Types), so a model
+  that sent one had its run's end refused by the database until the next start, and
+  SQLite would have stored what PostgreSQL cannot: both store the same text this way.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from typing import Final
 from service.generation.providers.base import Chunk
 
 REPLACEMENT: Final = "\ufffd"
+NUL: Final = "\x00"
 _HIGH_SURROGATES: Final = range(0xD800, 0xDC00)
 
 
 def valid(text: str) -> str:
-    """`text` with each surrogate pair joined and each lone surrogate made U+FFFD."""
+    """`text` with each surrogate pair joined, each lone surrogate and each NUL made
+    U+FFFD."""
+    if NUL in text:
+        text = text.replace(NUL, REPLACEMENT)
     if text.isascii():
         return text
     try:
@@ -52,7 +60,7 @@ class SurrogateJoiner:
     def feed(self, text: str) -> str:
         if self._held:
             text, self._held = self._held + text, ""
-        elif text.isascii():
+        elif text.isascii() and NUL not in text:
             return text
         if text and ord(text[-1]) in _HIGH_SURROGATES:
             text, self._held = text[:-1], text[-1]

@@ -51,6 +51,9 @@ SPACES: Final = (
 )
 NOT_BLANK: Final = f"[^{SPACES}]"
 _NOT_BLANK: Final = re.compile(NOT_BLANK)
+# What the description says of a text field as one pattern: something besides white
+# space, and no U+0000 anywhere (refused by `_text`: PostgreSQL's text cannot hold it).
+TEXT_PATTERN: Final = f"^[^\\x00]*[^{SPACES}\\x00][^\\x00]*$"
 
 # A knowledge base's documents: a title as long as a project's name; the content's cap
 # is a setting (storage.max_document_chars). A search's query and its number of hits.
@@ -96,6 +99,10 @@ def _text(value: Any, field: str, limit: int) -> str:
         raise bad_request(field, "must not be empty or only white space")
     if len(value) > limit:
         raise bad_request(field, f"must be at most {limit} characters")
+    if "\x00" in value:
+        # PostgreSQL's text cannot hold it (docs, 8.3 Character Types): refused on both
+        # backends, so a request means the same on either.
+        raise bad_request(field, "must not contain U+0000 (NUL)")
     return value
 
 

@@ -67,6 +67,17 @@ _DOMAIN_STATUSES: Final[dict[type[DomainError], int]] = {
 
 
 @web.middleware
+async def nul_in_path(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An id or path in the URL holding U+0000 names nothing genstream stores (its ids are
+    made here, a file's path is checked, service/paths.py): a 404 before any lookup, which
+    PostgreSQL would refuse (its text cannot hold the character: docs, 8.3 Character
+    Types) and answer as the database failing."""
+    if any("\x00" in value for value in request.match_info.values()):
+        raise ApiError(404, "not_found", "nothing here has an id or path holding U+0000")
+    return await handler(request)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place errors become JSON: {"error": {"code", "message"}}."""
     try:
@@ -273,6 +284,7 @@ def create_app(
     middlewares: list[Handler | Callable[..., Awaitable[web.StreamResponse]]] = [
         request_log.context_middleware,
         error_middleware,
+        nul_in_path,
     ]
     tokens = Tokens(settings.auth)  # ConfigError for a key that cannot be used
     allowed = cors.Cors(cors.parse_origins(settings.server.cors_origins))

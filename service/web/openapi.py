@@ -39,7 +39,7 @@ from service.web.api import (
     MAX_SEARCH_LIMIT,
     MAX_TITLE_CHARS,
     MAX_URL_CHARS,
-    NOT_BLANK,
+    TEXT_PATTERN,
     WEB_URL_SCHEMES,
 )
 from service.web.auth import COOKIE, CSRF_HEADER, POLICIES, QUERY_TOKEN, Reach
@@ -89,9 +89,10 @@ def _text(max_chars: int, what: str) -> Schema:
     return {
         "type": "string",
         "maxLength": max_chars,
-        # Not only white space: the handlers' own check, the same characters (api.SPACES).
-        "pattern": NOT_BLANK,
-        "description": f"{what}; not empty, not only white space",
+        # Not only white space, no U+0000: the handlers' own checks, the same characters
+        # (api.SPACES).
+        "pattern": TEXT_PATTERN,
+        "description": f"{what}; not empty, not only white space, no U+0000",
     }
 
 
