@@ -11,7 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Genstream
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from service.eventlog.schemas import DIALECT
+from service.protocol import ANY_APP_EVENT, APP_PREFIX
+from tests.conftest import Genstream, JsonCall
 from tests.sse_reader import Frame, SSEReader
 
 POLL_SECONDS = 0.02
@@ -118,3 +123,37 @@ async def follow_with_cuts(
                 if last(frame):
                     return received
         # leaving the block closes the connection mid-stream: the cut
+
+
+async def served_schemas(json: JsonCall) -> dict[str, Draft202012Validator]:
+    """A validator per event type, as GET /api/events/schemas serves them (the document
+    itself checked to be a Draft 2020-12 schema). `json`: a Genstream's or a process's."""
+    document = await json("GET", "/api/events/schemas")
+    assert document["$schema"] == DIALECT
+    Draft202012Validator.check_schema(document)
+    return {type_: Draft202012Validator(schema) for type_, schema in document["$defs"].items()}
+
+
+def mismatches(
+    validators: dict[str, Draft202012Validator], events: list[dict[str, Any]]
+) -> list[str]:
+    """Each event its type's served schema refuses (an app type with none of its own: the
+    schema of any app event; another type with none: a mismatch too)."""
+    found = []
+    for event in events:
+        type_ = event["type"]
+        fallback = ANY_APP_EVENT if type_.startswith(APP_PREFIX) else None
+        validator = validators.get(type_) or (validators.get(fallback) if fallback else None)
+        if validator is None:
+            found.append(f"{type_} #{event['id']}: no schema served")
+            continue
+        error = best_match(validator.iter_errors(event))
+        if error is not None:
+            where = list(error.absolute_path)
+            found.append(f"{type_} #{event['id']}: {where} {error.message[:200]}")
+    return found
+
+
+async def schema_mismatches(json: JsonCall, events: list[dict[str, Any]]) -> list[str]:
+    """mismatches() against the schemas the server serves now."""
+    return mismatches(await served_schemas(json), events)

@@ -9,14 +9,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from service.eventlog import event as ev
-from service.eventlog.schemas import DIALECT
-from service.protocol import ANY_APP_EVENT
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import FakeOpenAI, answer
+from tests.helpers import mismatches, served_schemas
 from tests.sse_reader import SSEReader
 from tests.test_openai_provider import api_key, fake, openai_server
 
@@ -34,26 +31,6 @@ VERDICTS = (
 )
 
 
-async def _served(gs: Genstream) -> dict[str, Draft202012Validator]:
-    document = await gs.json("GET", "/api/events/schemas")
-    assert document["$schema"] == DIALECT
-    Draft202012Validator.check_schema(document)
-    return {type_: Draft202012Validator(schema) for type_, schema in document["$defs"].items()}
-
-
-def _mismatches(
-    validators: dict[str, Draft202012Validator], events: list[dict[str, Any]]
-) -> list[str]:
-    found = []
-    for event in events:
-        type_ = event["type"]
-        validator = validators.get(type_) or validators[ANY_APP_EVENT]
-        error = best_match(validator.iter_errors(event))
-        if error is not None:
-            found.append(f"{type_} #{event['id']}: {list(error.absolute_path)} {error.message}")
-    return found
-
-
 async def _run(gs: Genstream, project_id: str) -> dict[str, Any]:
     submitted = await gs.generate(project_id)
     return await gs.wait_generation(submitted["generation"]["id"])
@@ -63,7 +40,7 @@ async def test_every_event_of_code_generations_matches_its_schema(
     make_server: MakeServer,
 ) -> None:
     gs = await make_server()
-    validators = await _served(gs)
+    validators = await served_schemas(gs.json)
     project_id = await gs.new_project()
     assert (await _run(gs, project_id))["status"] == "completed"
     # The same project again: file.started replaces, and the earlier turns go along.
@@ -72,7 +49,7 @@ async def test_every_event_of_code_generations_matches_its_schema(
         "POST", f"/api/projects/{project_id}/events", 201, json={"type": "app.x", "data": {}}
     )
     events = await gs.events(project_id)
-    assert _mismatches(validators, events) == []
+    assert mismatches(validators, events) == []
     types = Counter(e["type"] for e in events)
     for type_ in (
         ev.MESSAGE_CREATED,
@@ -100,20 +77,20 @@ async def test_a_generation_failed_at_each_cap_emits_only_what_its_schemas_allow
     make_server: MakeServer, cap: dict[str, int]
 ) -> None:
     gs = await make_server(generation=cap)
-    validators = await _served(gs)
+    validators = await served_schemas(gs.json)
     project_id = await gs.new_project()
     generation = await _run(gs, project_id)
     assert (generation["status"], generation["error"]["code"]) == ("failed", "output_too_large")
     events = await gs.events(project_id)
     assert events[-1]["type"] == ev.GENERATION_FAILED
-    assert _mismatches(validators, events) == []
+    assert mismatches(validators, events) == []
 
 
 async def test_cancelled_and_interrupted_generations_match_their_schemas(
     make_server: MakeServer,
 ) -> None:
     gs = await make_server(offline={"tokens_per_second": 200})
-    validators = await _served(gs)
+    validators = await served_schemas(gs.json)
     cancelled, stopped = await gs.new_project(), await gs.new_project()
     for project_id in (cancelled, stopped):
         submitted = await gs.generate(project_id)
@@ -135,7 +112,7 @@ async def test_cancelled_and_interrupted_generations_match_their_schemas(
     assert events[stopped][-1]["type"] == ev.GENERATION_FAILED
     assert events[stopped][-1]["code"] == "interrupted"
     for project_events in events.values():
-        assert _mismatches(validators, project_events) == []
+        assert mismatches(validators, project_events) == []
 
 
 async def test_validation_verdicts_both_ways_match_their_schema(
@@ -143,20 +120,20 @@ async def test_validation_verdicts_both_ways_match_their_schema(
 ) -> None:
     fake.script(answer(VERDICTS, piece=7))
     gs = await openai_server(make_server, fake)
-    validators = await _served(gs)
+    validators = await served_schemas(gs.json)
     project_id = await gs.new_project()
     assert (await _run(gs, project_id))["status"] == "completed"
     events = await gs.events(project_id)
     verdicts = {(e["check"], e["ok"]) for e in events if e["type"] == ev.VALIDATION}
     assert {("path", False), ("json", False), ("python", True), ("closed", False)} <= verdicts
-    assert _mismatches(validators, events) == []
+    assert mismatches(validators, events) == []
 
 
 async def test_a_payload_off_its_schema_is_caught(make_server: MakeServer) -> None:
     """The check itself: a stored event with a field its schema does not allow, or one
     missing, is reported (so a passing run above means something)."""
     gs = await make_server()
-    validators = await _served(gs)
+    validators = await served_schemas(gs.json)
     project_id = await gs.new_project()
     await _run(gs, project_id)
     events = await gs.events(project_id)
@@ -168,4 +145,4 @@ async def test_a_payload_off_its_schema_is_caught(make_server: MakeServer) -> No
         {k: v for k, v in completed.items() if k != "usage"},
         {**completed, "generation_id": None},
     ]
-    assert len(_mismatches(validators, wrong)) == len(wrong)
+    assert len(mismatches(validators, wrong)) == len(wrong)

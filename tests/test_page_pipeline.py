@@ -16,13 +16,12 @@ from typing import Any
 
 import orjson
 import pytest
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from service.eventlog import event as ev
 from service.pipelines import page, page_offline, page_schemas
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import FakeOpenAI, Reply, answer
+from tests.helpers import mismatches, schema_mismatches, served_schemas
 from tests.sse_reader import SSEReader
 from tests.test_openai_provider import api_key, fake, openai_server
 
@@ -117,21 +116,6 @@ async def streamed_equals_stored(gs: Genstream, project_id: str) -> list[dict[st
     return stored
 
 
-async def served_validators(gs: Genstream) -> dict[str, Draft202012Validator]:
-    document = await gs.json("GET", "/api/events/schemas")
-    assert set(document["$defs"]) >= PIPELINE_TYPES
-    return {type_: Draft202012Validator(schema) for type_, schema in document["$defs"].items()}
-
-
-def invalid(validators: dict[str, Draft202012Validator], events: list[dict[str, Any]]) -> list[str]:
-    found = []
-    for event in events:
-        error = best_match(validators[event["type"]].iter_errors(event))
-        if error is not None:
-            found.append(f"{event['type']} #{event['id']}: {error.message}")
-    return found
-
-
 def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == type_]
 
@@ -154,7 +138,8 @@ async def visit(gs: Genstream, project_id: str, question: str, **inputs: str) ->
 async def test_a_visit_searches_the_knowledge_base_answers_and_builds_a_page(
     gs: Genstream,
 ) -> None:
-    validators = await served_validators(gs)
+    validators = await served_schemas(gs.json)
+    assert set(validators) >= PIPELINE_TYPES
     project_id, ids = await knowledge_base(gs)
 
     submitted = await visit(gs, project_id, QUESTION, visitor_id=VISITOR)
@@ -164,7 +149,7 @@ async def test_a_visit_searches_the_knowledge_base_answers_and_builds_a_page(
     assert (assistant["status"], assistant["content"]) == ("pending", page.PIPELINE.pending)
 
     events = await streamed_equals_stored(gs, project_id)
-    assert invalid(validators, events) == []
+    assert mismatches(validators, events) == []
     started = of_type(events, ev.GENERATION_STARTED)[0]
     assert started["pipeline"] == "page"
     assert [s["id"] for s in started["stages"]] == [s.id for s in page.STAGES]
@@ -247,7 +232,7 @@ async def test_a_second_visit_updates_the_persona_the_first_stored(gs: Genstream
     second = await visit(gs, project_id, SECOND, visitor_id=VISITOR)
     assert (await gs.wait_generation(second["generation"]["id"]))["status"] == "completed"
     events = await gs.events(project_id, after=after)
-    assert invalid(await served_validators(gs), events) == []
+    assert await schema_mismatches(gs.json, events) == []
     (intent,) = of_type(events, page_schemas.INTENT)
     assert intent["intent"] == "integration"
     (signals,) = of_type(events, page_schemas.SIGNALS)
@@ -333,7 +318,7 @@ async def test_a_visit_cancelled_while_it_answers_ends_cancelled_once(
     events = await gs.events(project_id)
     assert [e["type"] for e in terminal(events)] == [ev.GENERATION_CANCELLED]
     assert of_type(events, page_schemas.SECTION) == of_type(events, page_schemas.PAGE) == []
-    assert invalid(await served_validators(gs), events) == []
+    assert await schema_mismatches(gs.json, events) == []
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assert (messages[-1]["status"], messages[-1]["content"]) == ("cancelled", said(events).strip())
     # The persona was stored with its event before the cancel; it stays.
@@ -359,7 +344,7 @@ async def test_a_visit_running_when_the_server_stops_ends_interrupted_once(
     assert (end["type"], end["code"]) == (ev.GENERATION_FAILED, "interrupted")
     assert end is events[-1]
     assert of_type(events, page_schemas.PAGE) == []
-    assert invalid(await served_validators(again), events) == []
+    assert await schema_mismatches(again.json, events) == []
     messages = (await again.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assert (messages[-1]["status"], messages[-1]["content"]) == ("error", said(events).strip())
 
@@ -399,7 +384,7 @@ async def test_with_the_openai_provider_the_models_replies_make_the_page(
     submitted = await visit(gs, project_id, QUESTION, visitor_id=VISITOR)
     assert (await gs.wait_generation(submitted["generation"]["id"]))["status"] == "completed"
     events = await streamed_equals_stored(gs, project_id)
-    assert invalid(await served_validators(gs), events) == []
+    assert await schema_mismatches(gs.json, events) == []
     (intent,) = of_type(events, page_schemas.INTENT)
     assert (intent["intent"], intent["confidence"]) == ("pricing", 0.9)
     assert said(events) == MODEL_ANSWER
@@ -490,6 +475,6 @@ async def _fails_clearly(
     assert {e["type"] for e in events} & PIPELINE_TYPES == sent
     (end,) = terminal(events)
     assert end is events[-1] and end["code"] == "bad_response" and end["retryable"] is True
-    assert invalid(await served_validators(gs), events) == []
+    assert await schema_mismatches(gs.json, events) == []
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     assert messages[-1]["status"] == "error"

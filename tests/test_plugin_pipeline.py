@@ -15,13 +15,12 @@ from typing import Any
 import genstream_quiz
 import orjson
 import pytest
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from service.eventlog import event as ev
 from service.pipelines import GROUP, load_pipelines
 from tests.backends import SHORT_LEASE_SECONDS, Store
 from tests.conftest import Genstream, MakeServer
+from tests.helpers import schema_mismatches
 from tests.process import ServerProcess, server_process
 from tests.sse_reader import Frame, SSEReader
 
@@ -82,23 +81,6 @@ def frame_bytes(event: dict[str, Any]) -> bytes:
     )
 
 
-async def schema_mismatches(client: Client, events: list[dict[str, Any]]) -> list[str]:
-    """Each stored event that does not match its type's schema as GET /api/events/schemas
-    serves it (a type with none is a mismatch too)."""
-    document = await client.json("GET", "/api/events/schemas")
-    validators = {t: Draft202012Validator(s) for t, s in document["$defs"].items()}
-    found = []
-    for event in events:
-        validator = validators.get(event["type"])
-        if validator is None:
-            found.append(f"{event['type']}: no schema served")
-            continue
-        error = best_match(validator.iter_errors(event))
-        if error is not None:
-            found.append(f"{event['type']} #{event['id']}: {list(error.path)} {error.message}")
-    return found
-
-
 async def messages(client: Client, project_id: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = (
         await client.json("GET", f"/api/projects/{project_id}/messages")
@@ -153,7 +135,7 @@ async def test_the_package_s_pipeline_runs_end_to_end_over_real_sockets(gs: Gens
     stored = await gs.events(project_id)
     # Byte for byte what the log holds, every event once, in order.
     assert [f.raw for f in frames] == [frame_bytes(e) for e in stored]
-    assert await schema_mismatches(gs, stored) == []
+    assert await schema_mismatches(gs.json, stored) == []
 
     types = [e["type"] for e in stored]
     started = stored[types.index(ev.GENERATION_STARTED)]
@@ -223,7 +205,7 @@ async def test_cancelling_the_package_s_pipeline_mid_run(make_server: MakeServer
     terminal = [e for e in stored if e["type"] in ev.TERMINAL_TYPES]
     assert [e["type"] for e in terminal] == [ev.GENERATION_CANCELLED] and terminal[0] is stored[-1]
     assert ev.GENERATION_COMPLETED not in {e["type"] for e in stored}
-    assert await schema_mismatches(gs, stored) == []
+    assert await schema_mismatches(gs.json, stored) == []
     said = "".join(e["delta"] for e in stored if e["type"] == ev.MESSAGE_DELTA)
     assistant = (await messages(gs, project_id))[1]
     assert (assistant["id"], assistant["status"]) == (
@@ -266,7 +248,7 @@ async def test_a_server_killed_mid_run_of_the_package_s_pipeline_ends_it_interru
         terminal = [f.event for f in after if f.event in ev.TERMINAL_TYPES]
         assert terminal == [ev.GENERATION_FAILED] and after[-1].event == ev.GENERATION_FAILED
         assert 1 <= sum(f.event == "quiz.question" for f in after) < QUESTIONS
-        assert await schema_mismatches(again, stored) == []
+        assert await schema_mismatches(again.json, stored) == []
         said = "".join(f.json["delta"] for f in after if f.event == ev.MESSAGE_DELTA)
         assistant = (await messages(again, project_id))[1]
         assert (assistant["id"], assistant["status"]) == (

@@ -20,8 +20,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from service.eventlog import event as ev
 from service.eventlog import sse
@@ -31,7 +29,7 @@ from service.pipelines.scene_tools import MAX_REPLY_CHARS, MAX_TITLE_CHARS, pars
 from service.storage.interface import SceneRow
 from tests.conftest import Genstream, MakeServer
 from tests.fake_openai import FakeOpenAI, Gate, Reply, answer, text_events
-from tests.helpers import wait_until
+from tests.helpers import schema_mismatches, wait_until
 from tests.sse_reader import Frame, SSEReader
 from tests.test_openai_provider import api_key, fake, openai_server
 
@@ -144,18 +142,6 @@ async def assert_scenes_as_told(gs: Genstream, project_id: str) -> list[dict[str
     return listed
 
 
-async def schema_mismatches(gs: Genstream, events: list[dict[str, Any]]) -> list[str]:
-    """Each event that does not match its type's schema as GET /api/events/schemas
-    serves it."""
-    document = (await gs.json("GET", "/api/events/schemas"))["$defs"]
-    found = []
-    for event in events:
-        error = best_match(Draft202012Validator(document[event["type"]]).iter_errors(event))
-        if error is not None:
-            found.append(f"{event['type']} #{event['id']}: {error.message[:200]}")
-    return found
-
-
 async def assistant_messages(gs: Genstream, project_id: str) -> list[dict[str, Any]]:
     messages = (await gs.json("GET", f"/api/projects/{project_id}/messages"))["messages"]
     return [m for m in messages if m["role"] == "assistant"]
@@ -247,7 +233,7 @@ async def test_add_edit_trim_delete_each_end_to_end(gs: Genstream) -> None:
         (t.submitted["assistant_message"]["id"], "success", t.said) for t in turns
     ]
     everything = await gs.events(project_id)
-    assert await schema_mismatches(gs, everything) == []
+    assert await schema_mismatches(gs.json, everything) == []
 
 
 async def test_the_scenes_pipeline_is_listed_with_its_stages_and_events(gs: Genstream) -> None:
@@ -305,7 +291,7 @@ async def test_the_model_chooses_the_tool_through_the_openai_provider(
     assert await assert_scenes_as_told(gs, project_id) == [
         second.of_type(scenes.EDITED)[0]["scene"]
     ]
-    assert await schema_mismatches(gs, await gs.events(project_id)) == []
+    assert await schema_mismatches(gs.json, await gs.events(project_id)) == []
 
 
 # Each a model's tool choice that must be refused: (the reply, given the project's scene
@@ -412,7 +398,7 @@ async def test_a_hostile_tool_choice_fails_the_run_and_writes_nothing(
         "error",
     )
     assert len(fake.requests) == 5  # no answer asked for after a refused choice
-    assert await schema_mismatches(gs, failed.events) == []
+    assert await schema_mismatches(gs.json, failed.events) == []
 
 
 # -- a cancel or a stop in the middle ---------------------------------------------------
@@ -457,7 +443,7 @@ async def check_ended(
     assert [e["type"] for e in events if e["type"] in ev.TERMINAL_TYPES] == [final]
     listed = await assert_scenes_as_told(gs, project_id)
     assert [s["title"] for s in listed] == ([] if phase == "deciding" else ["Held"])
-    assert await schema_mismatches(gs, events) == []
+    assert await schema_mismatches(gs.json, events) == []
 
 
 @pytest.mark.parametrize("phase", PHASES)
