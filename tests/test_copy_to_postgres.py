@@ -23,7 +23,18 @@ from tests.process import ServerProcess, server_process
 from tests.sse_reader import SSEReader
 
 TIMEOUT = 20.0
-TABLES = ("projects", "messages", "generations", "files", "events", "stream_sessions")
+TABLES = (
+    "projects",
+    "messages",
+    "generations",
+    "files",
+    "events",
+    "stream_sessions",
+    "documents",
+    "personas",
+    "scenes",
+)
+VISITOR = "v-1"
 
 
 async def copy_command(*args: str) -> tuple[int, str, str]:
@@ -79,6 +90,19 @@ async def build(server: ServerProcess) -> dict[str, Any]:
     await wait_until(ended, TIMEOUT)
     generations.append((await server.generate(first, "now add tests"))["generation"]["id"])
     await wait_until(ended, TIMEOUT)
+    # The pipelines' own state: a knowledge base, the persona a page visit stores, scenes.
+    for title, content in (("Pricing", "Plans start at ten dollars"), ("Setup", "Install it")):
+        document = {"title": title, "content": content}
+        await server.json("POST", f"/api/projects/{second}/documents", status=201, json=document)
+    visit = await server.generate(
+        second, "what do the plans cost?", pipeline="page", inputs={"visitor_id": VISITOR}
+    )
+    generations.append(visit["generation"]["id"])
+    await wait_until(ended, TIMEOUT)
+    generations.append(
+        (await server.generate(first, "add an intro scene", pipeline="scenes"))["generation"]["id"]
+    )
+    await wait_until(ended, TIMEOUT)
     return {"projects": [first, second], "generations": generations}
 
 
@@ -105,6 +129,15 @@ async def answers(server: ServerProcess, built: dict[str, Any]) -> dict[str, Any
             path = f"/api/projects/{pid}/files/{listed['path']}"
             seen[path] = await raw(server, path)
         seen[f"{pid}/events"] = await raw(server, f"/api/projects/{pid}/events?after=0&limit=1000")
+        for part in ("documents", "scenes"):
+            seen[f"{pid}/{part}"] = await server.json("GET", f"/api/projects/{pid}/{part}")
+        # Found by each engine's own ranking (FTS5's bm25, PostgreSQL's ts_rank_cd): the
+        # documents found are the same, their ranks and order need not be.
+        search = f"/api/projects/{pid}/documents/search?q=plans%20install"
+        hits = (await server.json("GET", search))["results"]
+        seen[f"{pid}/found"] = sorted(hit["document_id"] for hit in hits)
+    persona = f"/api/projects/{built['projects'][1]}/personas/{VISITOR}"
+    seen[persona] = await server.json("GET", persona)
     for gid in built["generations"]:
         seen[gid] = await server.json("GET", f"/api/generations/{gid}")
     return seen
@@ -128,6 +161,11 @@ async def test_a_copy_serves_the_same_answers_cursors_and_ids(
         built = await build(lite)
         give_pipelines(db, built)
         before = await answers(lite, built)
+        first, second = built["projects"]
+        assert len(before[f"{second}/documents"]["documents"]) == 2
+        assert len(before[f"{second}/found"]) == 2
+        assert len(before[f"{first}/scenes"]["scenes"]) == 1
+        assert before[f"/api/projects/{second}/personas/{VISITOR}"]["visits"] == 1
         assert before[built["generations"][0]]["inputs"] == {"visitor_id": "v-1", "n": [1, 2]}
         assert before[built["projects"][0]]["pipeline"] == "page"
         project = built["projects"][0]
