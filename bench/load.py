@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import re
 import resource
 import socket
@@ -50,6 +51,13 @@ GULP: Final = 32 * 1024
 # nchan's events/s were the same or higher, the client's CPU a sixth).
 GULPS_FROM: Final = 100
 COMPLETED: Final = b"event: generation.completed"
+# nchan tags a message id `<second>:<tag>` with an int16_t per-second tag (nchan_msg_id_t
+# in its src/nchan_types.h): one channel published to faster than about 32,767 messages
+# a second gets broken ids (issue 16). The replay's events are published to it below
+# that pace, and it checks the ids it gets; the publish is not what is timed.
+NCHAN_PUBLISH_RATE: Final = 20_000
+EVENT_ID: Final = re.compile(rb"^id: ?(.*)$", re.MULTILINE)
+SEQ: Final = re.compile(rb'"seq":(\d+)')  # the producers' numbering, common.payload
 SPARE_FILES: Final = 64  # beside the streams: the HTTP client's, the interpreter's
 PORT_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -120,6 +128,7 @@ class Reader(asyncio.Protocol):
     count: int = 0
     done_ns: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    kept: list[bytes] | None = None  # the stream's bytes, when a list is given
     _head: bytes = b""
     _tail: bytes = b""
     _lines: bytes = b""
@@ -145,6 +154,8 @@ class Reader(asyncio.Protocol):
                 return
             data = self._head[end + 4 :]
             self.opened.set_result(now)
+        if self.kept is not None:
+            self.kept.append(data)
         # A `data: ` cut by the previous read is in its tail and this read's start (TAIL
         # bytes hold none whole), so no bytes are joined but those.
         self.count += data.count(DATA) + (self._tail + data[:TAIL]).count(DATA)
@@ -404,9 +415,12 @@ async def _quiet(server: Server) -> None:
 async def replay(
     http: aiohttp.ClientSession, server: Server, events: int, size: int, clients: int = 1
 ) -> dict[str, Any]:
-    """`events` stored events, then `clients` clients resuming from cursor 0 at once."""
+    """`events` stored events, then `clients` clients resuming from cursor 0 at once (nchan:
+    from its oldest message), from connect to each one's last event. Once timed, each
+    client's stream is checked: every event once, in order (`check_replay`)."""
     topic = await _new_topic(http, server)
-    await _inject(http, server, topic, events, size)
+    rate = NCHAN_PUBLISH_RATE if server.kind == "nchan" else 0
+    await _inject(http, server, topic, events, size, rate)
     loop = asyncio.get_running_loop()
     done: list[asyncio.Future[None]] = [loop.create_future() for _ in range(clients)]
     readers = [
@@ -414,6 +428,7 @@ async def replay(
             _get(server.stream_path(topic, 0), server.host_port[0]),
             goal=events,
             on_goal=functools.partial(_reached, future),
+            kept=[],
         )
         for future in done
     ]
@@ -427,17 +442,48 @@ async def replay(
         for reader in readers:
             reader.close()
     seconds = (max(r.done_ns for r in readers) - started) / 1e9
+    cpu = server.cpu_seconds() - cpu0
+    for reader in readers:
+        assert reader.kept is not None
+        check_replay(b"".join(reader.kept), events)
     return {
         "events": events,
         "clients": clients,
         "events_per_s": events * clients / seconds,
         "seconds": seconds,
-        "server_cpu_s": server.cpu_seconds() - cpu0,
+        "server_cpu_s": cpu,
+        **({"publish_rate_per_s": rate} if rate else {}),
     }
 
 
 def _reached(future: asyncio.Future[None], reader: Reader) -> None:
     future.set_result(None)
+
+
+class ReplayBroken(RuntimeError):
+    pass
+
+
+def check_replay(stream: bytes, events: int) -> None:
+    """Fail unless `stream` holds exactly `events` events, each once, in order: their ids
+    unique and increasing (genstream's a number, nchan's `<second>:<tag>`, compared part
+    by part) and the producers' numbers (`"seq"`) 0 to events - 1, each once."""
+    count = stream.count(DATA)
+    if count != events:
+        raise ReplayBroken(f"{count} events replayed, {events} published")
+    ids = [tuple(int(part) for part in m.group(1).split(b":")) for m in EVENT_ID.finditer(stream)]
+    if len(ids) != events:
+        raise ReplayBroken(f"{len(ids)} ids for {events} events")
+    for i, (before, after) in enumerate(itertools.pairwise(ids)):
+        if after <= before:
+            raise ReplayBroken(f"event {i + 1}'s id {after} does not follow {before}")
+    seen = sorted(int(m.group(1)) for m in SEQ.finditer(stream))
+    if seen != list(range(events)):
+        missing = sorted(set(range(events)) - set(seen))[:5]
+        raise ReplayBroken(
+            f"{len(seen)} payloads replayed, {len(set(seen))} distinct, of "
+            f"{events} published (missing: {missing}...)"
+        )
 
 
 async def offline(http: aiohttp.ClientSession, server: Server, runs: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 POST /bench/inject?topic=&n=&size= hands `n` events of about `size` bytes to
 Journal.append, one per loop turn, the way a generation hands over its chunks; each
-carries its hand-off time. They go the real path: SQLite commit, broker, stream handler.
+carries its hand-off time and its number (`seq`, which the replay checks). They go the
+real path: SQLite commit, broker, stream handler.
 
 On PostgreSQL (`--postgres URL`) the path is the product's for that backend: the commit,
 then the SharedFeed (eventlog/feed.py) hands it to this process's broker, and with
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import time
 from typing import Final
@@ -42,9 +44,10 @@ async def inject(request: web.Request) -> web.Response:
     overhead = len(seal(Draft(topic, None, MESSAGE_DELTA, {"t": 0, "pad": ""}), 10**6).data)
     overhead -= len(blank)
     pending: list[asyncio.Future[list[Event]]] = []
+    numbers = itertools.count()
 
     def hand_off() -> None:
-        draft = Draft(topic, None, MESSAGE_DELTA, common.payload(size, overhead))
+        draft = Draft(topic, None, MESSAGE_DELTA, common.payload(size, overhead, next(numbers)))
         pending.append(journal.append(draft))
 
     first = await common.produce(count, rate, hand_off)

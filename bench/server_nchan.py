@@ -7,7 +7,7 @@ location, `/pub/<topic>`, over one persistent connection, pipelined: a hand-off 
 its request and goes on, as the others' hand-offs do not wait for their subscribers. The
 inject answers once nchan has answered every POST. Its CPU is this process's, not
 nginx's; an event's hand-off time is taken before its POST, so its latency includes that
-hop.
+hop. Each event carries its number in the inject (`seq`), which the replay checks.
 
     python -m bench.server_nchan --nchan http://127.0.0.1:PORT [--port 0]
 """
@@ -107,8 +107,10 @@ async def inject(request: web.Request) -> web.Response:
     topic, count, size, rate = common.inject_params(request)
     publisher = request.app[NCHAN]
 
+    numbers = itertools.count()
+
     def hand_off() -> None:
-        publisher.publish(topic, orjson.dumps(common.payload(size, 0)))
+        publisher.publish(topic, orjson.dumps(common.payload(size, 0, next(numbers))))
 
     first = await common.produce(count, rate, hand_off)
     await publisher.drained()
