@@ -9,6 +9,11 @@ With `--postgres` it runs over that database as the app wires it for that backen
 journal's commits go through a SharedFeed (eventlog/feed.py) listening for the
 notifications its own commits send, as every process of several does. Each producer
 count on a fresh SQLite file; on PostgreSQL one after another in the one database.
+
+Beside throughput and commit latency it prints how long the event loop stalled: a task
+sleeps 1 ms again and again and notes each gap (`loop_gap_*_ms`). A gap well past 1 ms
+is time every stream of the process waited (uvloop's timers count whole milliseconds,
+so a gap of 1 to 2 ms is an idle loop).
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ from service.storage.postgres import PostgresStorage
 from service.storage.sqlite import Storage as SqliteStorage
 
 TOPIC = "prj_bench"
+TICK_S = 0.001
+
+
+async def tick(gaps: list[float]) -> None:
+    """Sleep TICK_S again and again, noting each gap between wake-ups (until cancelled)."""
+    last = time.perf_counter()
+    while True:
+        await asyncio.sleep(TICK_S)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
 
 
 async def measure(storage: Storage, producers: int, events: int, size: int) -> dict[str, Any]:
@@ -59,12 +75,15 @@ async def measure(storage: Storage, producers: int, events: int, size: int) -> d
             await journal.append(Draft(TOPIC, None, MESSAGE_DELTA, common.payload(size, 90)))
             latencies.append(time.perf_counter() - started)
 
+    gaps: list[float] = []
+    ticker = asyncio.create_task(tick(gaps))
     try:
         started = time.perf_counter()
         await asyncio.gather(*(producer() for _ in range(producers)))
         seconds = time.perf_counter() - started
         commits = journal.stats.commits
     finally:
+        ticker.cancel()
         await journal.close()
         if feed is not None:
             await feed.close()
@@ -77,6 +96,8 @@ async def measure(storage: Storage, producers: int, events: int, size: int) -> d
         "p50_commit_ms": percentile(ms, 0.50),
         "p99_commit_ms": percentile(ms, 0.99),
         "commits": commits,
+        "loop_gap_p99_ms": percentile([s * 1000 for s in gaps], 0.99),
+        "loop_gap_max_ms": max(gaps, default=0.0) * 1000,
     }
 
 
