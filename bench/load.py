@@ -58,6 +58,7 @@ COMPLETED: Final = b"event: generation.completed"
 NCHAN_PUBLISH_RATE: Final = 20_000
 EVENT_ID: Final = re.compile(rb"^id: ?(.*)$", re.MULTILINE)
 SEQ: Final = re.compile(rb'"seq":(\d+)')  # the producers' numbering, common.payload
+REPLAY_SECONDS: Final = 300
 SPARE_FILES: Final = 64  # beside the streams: the HTTP client's, the interpreter's
 PORT_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -436,16 +437,21 @@ async def replay(
     started = time.time_ns()
     try:
         await _open(server, readers)
-        async with asyncio.timeout(300):
+        async with asyncio.timeout(REPLAY_SECONDS):
             await asyncio.gather(*done)
+    except TimeoutError:
+        # A replay that stalls (nchan's, with broken ids) says what it got, not only
+        # that time ran out.
+        for reader in readers:
+            _check_kept(reader, events)
+        raise
     finally:
         for reader in readers:
             reader.close()
     seconds = (max(r.done_ns for r in readers) - started) / 1e9
     cpu = server.cpu_seconds() - cpu0
     for reader in readers:
-        assert reader.kept is not None
-        check_replay(b"".join(reader.kept), events)
+        _check_kept(reader, events)
     return {
         "events": events,
         "clients": clients,
@@ -464,19 +470,25 @@ class ReplayBroken(RuntimeError):
     pass
 
 
+def _check_kept(reader: Reader, events: int) -> None:
+    assert reader.kept is not None
+    check_replay(b"".join(reader.kept), events)
+
+
 def check_replay(stream: bytes, events: int) -> None:
     """Fail unless `stream` holds exactly `events` events, each once, in order: their ids
     unique and increasing (genstream's a number, nchan's `<second>:<tag>`, compared part
-    by part) and the producers' numbers (`"seq"`) 0 to events - 1, each once."""
-    count = stream.count(DATA)
-    if count != events:
-        raise ReplayBroken(f"{count} events replayed, {events} published")
+    by part) and the producers' numbers (`"seq"`) 0 to events - 1, each once. The order
+    is checked first: it says more of a broken stream than its count."""
     ids = [tuple(int(part) for part in m.group(1).split(b":")) for m in EVENT_ID.finditer(stream)]
-    if len(ids) != events:
-        raise ReplayBroken(f"{len(ids)} ids for {events} events")
     for i, (before, after) in enumerate(itertools.pairwise(ids)):
         if after <= before:
             raise ReplayBroken(f"event {i + 1}'s id {after} does not follow {before}")
+    count = stream.count(DATA)
+    if count != events:
+        raise ReplayBroken(f"{count} events replayed, {events} published")
+    if len(ids) != events:
+        raise ReplayBroken(f"{len(ids)} ids for {events} events")
     seen = sorted(int(m.group(1)) for m in SEQ.finditer(stream))
     if seen != list(range(events)):
         missing = sorted(set(range(events)) - set(seen))[:5]
