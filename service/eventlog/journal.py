@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar
 
 from service.errors import JournalClosed, StorageUnavailable
 from service.eventlog.broker import Broker
@@ -35,7 +35,7 @@ Check = Callable[[Tx], Awaitable[None]]
 
 @dataclass(eq=False)
 class _Append:
-    drafts: list[Draft]
+    drafts: tuple[Draft, ...]
     future: asyncio.Future[list[Event]]
     check: Check | None = None
 
@@ -105,7 +105,7 @@ class Journal:
         `check`, if given, runs first in the same transaction: if it raises, none of
         these events is written and the future holds its exception."""
         future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Append(list(drafts), future, check))
+        self._enqueue(_Append(drafts, future, check))
         return future
 
     def transact(self, fn: TxFunction[T]) -> asyncio.Future[T]:
@@ -135,7 +135,10 @@ class Journal:
                 continue
             batch, self._queue = self._queue, []
             try:
-                await self._commit(batch)
+                if _appends_alone(batch):
+                    await self._commit_appends(batch)
+                else:
+                    await self._commit(batch)
             except Exception as exc:
                 # A bug past the database's own errors must not end the writer: every
                 # later write would wait for ever. Fail this batch's callers, go on.
@@ -145,7 +148,63 @@ class Journal:
                     if not job.future.done():
                         job.future.set_exception(exc)
 
+    async def _commit_appends(self, batch: list[_Append]) -> None:
+        """Appends alone (a generation's chunks, the usual batch): no caller's statement
+        to run, so the storage commits them in one go (on SQLite no trip to a thread for
+        a small batch, where BEGIN, INSERT, COMMIT cost three). The lean path: at 10
+        producers the journal's own work is a fifth of each commit's (issue 16)."""
+        started = time.perf_counter()
+        encoded: list[Encoded] = []
+        counts: list[int] = []  # per job: how many events, or -1 for one refused
+        refusals: list[BaseException] = []
+        for job in batch:
+            try:
+                encoded.extend([encode(draft) for draft in job.drafts])
+            except (TypeError, ValueError) as exc:
+                # A payload orjson cannot encode: that caller's mistake fails that caller
+                # alone, before anything is written.
+                counts.append(-1)
+                refusals.append(exc)
+                continue
+            counts.append(len(job.drafts))
+        try:
+            events = await self._storage.commit_events(encoded) if encoded else []
+        except StorageError as exc:
+            self._refused(batch, exc)
+            return
+        self._committed(started, events)
+        start = 0
+        refused = iter(refusals)
+        for job, count in zip(batch, counts, strict=True):
+            if job.future.done():  # the caller gave up waiting (cancelled)
+                start += max(count, 0)
+            elif count < 0:
+                job.future.set_exception(next(refused))
+            else:
+                job.future.set_result(events[start : start + count])
+                start += count
+
+    def _committed(self, started: float, published: list[Event]) -> None:
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.events += len(published)
+        if self.on_commit is not None:
+            self.on_commit(elapsed)
+        # Publish only what is durable, in id order (the storage gave ids in job order).
+        if published:
+            self._publisher.committed(published)
+
+    def _refused(self, batch: Sequence[_Append | _Transact[Any]], exc: StorageError) -> None:
+        self.stats.failed_commits += 1
+        log.error("journal commit of %d jobs failed: %s", len(batch), exc)
+        failure = StorageUnavailable(f"the database refused the write: {exc}")
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(failure)
+
     async def _commit(self, batch: list[_Append | _Transact[Any]]) -> None:
+        """A batch with a transaction job or a checked append: one transaction, each
+        job's statements in arrival order, a failing job undone alone (a savepoint)."""
         tx = self._storage.transaction()
         published: list[Event] = []
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
@@ -172,51 +231,29 @@ class Journal:
             waiting.clear()
 
         try:
-            if all(isinstance(job, _Append) and job.check is None for job in batch):
-                # Appends alone (a generation's chunks, the usual batch): no caller's
-                # statement to run, so the storage commits them in one go (one trip to
-                # the database thread on SQLite, where BEGIN, INSERT, COMMIT cost three).
-                for job in batch:
-                    assert isinstance(job, _Append)
+            await tx.begin()
+            for job in batch:
+                if isinstance(job, _Append):
+                    if job.check is not None:
+                        error = await _checked(tx, job.check)
+                        if error is not None:
+                            outcomes.append((job.future, None, error))
+                            continue
                     take(job)
-                if waiting:
-                    settle(await self._storage.commit_events(_flat(waiting)))
-            else:
-                await tx.begin()
-                for job in batch:
-                    if isinstance(job, _Append):
-                        if job.check is not None:
-                            error = await _checked(tx, job.check)
-                            if error is not None:
-                                outcomes.append((job.future, None, error))
-                                continue
-                        take(job)
-                        continue
-                    if waiting:  # the appends before this job get the lower ids
-                        settle(await tx.insert_events(_flat(waiting)))
-                    value, events, error = await self._run_job(tx, job)
-                    published.extend(events)
-                    outcomes.append((job.future, value, error))
-                if waiting:
+                    continue
+                if waiting:  # the appends before this job get the lower ids
                     settle(await tx.insert_events(_flat(waiting)))
-                await tx.commit()
+                value, events, error = await self._run_job(tx, job)
+                published.extend(events)
+                outcomes.append((job.future, value, error))
+            if waiting:
+                settle(await tx.insert_events(_flat(waiting)))
+            await tx.commit()
         except StorageError as exc:
             await tx.rollback()
-            self.stats.failed_commits += 1
-            log.error("journal commit of %d jobs failed: %s", len(batch), exc)
-            failure = StorageUnavailable(f"the database refused the write: {exc}")
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(failure)
+            self._refused(batch, exc)
             return
-        elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.events += len(published)
-        if self.on_commit is not None:
-            self.on_commit(elapsed)
-        # Publish only what is durable, in id order (the storage gave ids in job order).
-        if published:
-            self._publisher.committed(published)
+        self._committed(started, published)
         for future, value, error in outcomes:
             if future.done():  # the caller gave up waiting (cancelled)
                 continue
@@ -262,6 +299,10 @@ async def _checked(tx: Tx, check: Check) -> BaseException | None:
     except Exception as exc:
         return exc
     return None
+
+
+def _appends_alone(batch: list[_Append | _Transact[Any]]) -> TypeGuard[list[_Append]]:
+    return all(type(job) is _Append and job.check is None for job in batch)
 
 
 def _flat(waiting: list[tuple[_Append, list[Encoded]]]) -> list[Encoded]:
