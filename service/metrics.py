@@ -77,6 +77,14 @@ class Metrics:
         self.events_replayed = Counter(
             "genstream_events_replayed", "events sent to stream clients from SQLite", registry=r
         )
+        # "direct": written from the commit's publish (the fast path); "handler": by the
+        # stream's own task (replay, a heartbeat, or a client that could not take it at once).
+        self.stream_writes = Counter(
+            "genstream_stream_writes",
+            "writes to stream clients, by who wrote them",
+            ["by"],
+            registry=r,
+        )
         self.stream_closes = Counter(
             "genstream_stream_closes",
             "streams ended, by reason (slow_client and send_timeout are cut-off clients)",

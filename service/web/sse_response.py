@@ -10,8 +10,13 @@ import asyncio
 import socket
 
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
 
 from service.eventlog import sse
+
+# What HTTP/1.1 chunked encoding adds around a write: the size line and the CRLF after.
+CHUNK_OVERHEAD = 16
 
 
 class SendTimeout(ConnectionError):
@@ -28,20 +33,50 @@ class SSEResponse(web.StreamResponse):
         # Taken before the headers go out, as the handler did: the fast path of `send`
         # reads its buffer, and a lost connection must not leave it None mid-stream.
         self._transport = request.transport
+        self._protocol = request.protocol
         self._send_timeout = send_timeout
         self._writing = False
+        self._writer: StreamWriter | None = None
         self.timed_out = False
 
     async def start(self, unacked_timeout: float) -> None:
         """Send the headers, then bound how long sent data may stay unacknowledged."""
-        await self.prepare(self._client)
+        writer = await self.prepare(self._client)
+        # aiohttp's own writer, uncompressed: what `send_now` may drive by hand.
+        if isinstance(writer, StreamWriter) and not self.compression:
+            self._writer = writer
         _limit_unacked_time(self._client, unacked_timeout)
+
+    def send_now(self, data: bytes) -> bool:
+        """Write `data` at once, from outside the handler's task, if the client can take
+        it without waiting; False, with nothing written, if it cannot (then `send`).
+
+        aiohttp's StreamWriter.write(drain=False) awaits nothing on an uncompressed
+        response (its only awaits are the compressor and the drain; a server's writer has
+        no chunk-sent signal): it frames the chunk and hands it to the transport. So it
+        runs to its end here in one step, with no task: the fast path of a fan-out, where
+        a task per subscriber per commit cost a task switch each.
+        """
+        writer = self._writer
+        if (
+            writer is None
+            or self._writing
+            or not _cannot_wait(self._protocol, self._transport, len(data) + CHUNK_OVERHEAD)
+        ):
+            return False
+        step = writer.write(data, drain=False)
+        try:
+            step.send(None)
+        except StopIteration:
+            return True
+        step.close()
+        raise RuntimeError("aiohttp's StreamWriter.write waited: send_now cannot drive it")
 
     async def send(self, data: bytes) -> None:
         """One write, aborted with the connection when the client does not take it in time."""
         self._writing = True
         try:
-            if _cannot_wait(self._transport, len(data)):
+            if _cannot_wait(self._protocol, self._transport, len(data)):
                 # No timer: a timer per write cost as much as the write itself (fan-out profile).
                 await self.write(data)
             else:
@@ -83,11 +118,17 @@ def _limit_unacked_time(request: web.Request, seconds: float) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
-def _cannot_wait(transport: asyncio.Transport | None, size: int) -> bool:
+def _cannot_wait(protocol: BaseProtocol, transport: asyncio.Transport | None, size: int) -> bool:
     """True when a write of `size` bytes cannot wait for the client: aiohttp's write waits
-    only while the transport is paused, which it is not below its low-water mark, and
-    this write cannot take it past its high-water mark either."""
-    if transport is None or transport.is_closing():
+    only while its protocol's writing is paused, which the transport does when its buffer
+    passes the high-water mark (asyncio's flow control: pause_writing), and this write
+    cannot take it past that mark.
+
+    Not "below the low-water mark": the mark at which writing resumes is 16 bytes on a
+    fresh uvloop 0.23 transport (get_write_buffer_limits() says (16, 65536); asyncio's
+    and uvloop's own set_write_buffer_limits() default it to 16 KiB), so nearly no write
+    passed that test and every write of a stream took the timer path."""
+    if transport is None or transport.is_closing() or protocol.writing_paused:
         return False
-    low, _high = transport.get_write_buffer_limits()
-    return transport.get_write_buffer_size() + size <= low
+    _low, high = transport.get_write_buffer_limits()
+    return transport.get_write_buffer_size() + size <= high

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 
 from service.eventlog import sse
-from service.eventlog.broker import Subscriber
+from service.eventlog.broker import Batch, Subscriber
 from service.eventlog.event import Event, cursor_frame, now_ms
 from service.eventlog.journal import Emit, TxFunction
 from service.metrics import Metrics
@@ -169,7 +169,7 @@ async def _replay(
             target.project_id, progress.last_id, page, target.generation_id
         )
         read = len(events)
-        frames, sent = _frames(events, target, progress)
+        frames, sent = _frames(Batch(events), target, progress)
         # The page's events go before the write is awaited: a stream waiting on its client
         # then holds one bytes object, not a page of objects (README "Memory after
         # connection churn": 200 streams replaying at once held 65-73 MB of pages).
@@ -178,6 +178,7 @@ async def _replay(
             await response.send(frames)
             services.metrics.events_replayed.inc(sent)
             services.metrics.events_delivered.inc(sent)
+            services.metrics.stream_writes.labels("handler").inc()
         del frames  # nor its bytes, once written, while the next page is read
         if read < page or progress.done:
             return
@@ -198,40 +199,88 @@ async def _follow(
     heartbeat: float,
     metrics: Metrics,
 ) -> CloseReason:
-    while True:
-        ready = await subscriber.wait(heartbeat)
-        if subscriber.closed is not None:
-            return subscriber.closed
-        if not ready:
-            await response.send(sse.PING)
-            continue
-        # The batch is not kept past _frames: only its frames wait on the write, and
-        # not those once written, while the stream waits for more.
-        frames, sent = _frames(subscriber.take(), target, progress)
-        if sent:
-            await response.send(frames)
-            metrics.events_delivered.inc(sent)
-        del frames
+    by_publish = metrics.stream_writes.labels("direct")
+    by_handler = metrics.stream_writes.labels("handler")
+
+    def direct(batch: Batch) -> bool:
+        """The fast path (broker.Subscriber.offer): a commit written to the client from
+        within its publish, while this handler waits with nothing queued. False when the
+        client cannot take it at once: then it is queued, and the handler writes it."""
         if progress.done:
-            return CloseReason.COMPLETED
+            return True  # the handler is ending the stream: nothing more goes out
+        frames, sent, last_id, done = _select(batch, target, progress.last_id)
+        if sent:
+            if not response.send_now(frames):
+                return False
+            metrics.events_delivered.inc(sent)
+            by_publish.inc()
+        _advance(progress, sent, last_id, done)
+        if done:
+            subscriber.wake()
+        return True
+
+    subscriber.direct = direct
+    try:
+        while True:
+            ready = await subscriber.wait(heartbeat)
+            if subscriber.closed is not None:
+                return subscriber.closed
+            if progress.done:
+                return CloseReason.COMPLETED  # its last event went by the fast path
+            if not ready:
+                await response.send(sse.PING)
+                continue
+            # The batch is not kept past _frames: only its frames wait on the write, and
+            # not those once written, while the stream waits for more.
+            frames, sent = _frames(Batch(subscriber.take()), target, progress)
+            if sent:
+                await response.send(frames)
+                metrics.events_delivered.inc(sent)
+                by_handler.inc()
+            del frames
+            if progress.done:
+                return CloseReason.COMPLETED
+    finally:
+        subscriber.direct = None
 
 
-def _frames(events: list[Event], target: StreamTarget, progress: _Progress) -> tuple[bytes, int]:
+def _frames(batch: Batch, target: StreamTarget, progress: _Progress) -> tuple[bytes, int]:
     """The frames of every new event of the batch, joined for one write, and how many
     they are; what was already sent is dropped. Advances `progress` as if they were
     written (a write that fails ends the stream). Sync, so that its caller can let the
     batch go before it awaits the write."""
+    frames, sent, last_id, done = _select(batch, target, progress.last_id)
+    _advance(progress, sent, last_id, done)
+    return frames, sent
+
+
+def _select(batch: Batch, target: StreamTarget, after: int) -> tuple[bytes, int, int, bool]:
+    """The frames of the batch's events after id `after` that `target` wants, joined;
+    how many; the last one's id (`after` if none); and whether it ends the stream."""
+    events = batch.events
+    if not events:
+        return b"", 0, after, False
+    if target.generation_id is None and events[0].id > after:
+        # A project stream that keeps up wants the whole batch: its frames, joined once
+        # for every such subscriber of the commit.
+        return batch.frames, len(events), events[-1].id, False
     frames: list[bytes] = []
+    done = False
     for event in events:
-        if event.id <= progress.last_id or not target.wants(event):
+        if event.id <= after or not target.wants(event):
             continue
         frames.append(event.frame)
-        progress.last_id = event.id
+        after = event.id
         if target.generation_id is not None and event.terminal:
-            progress.done = True
+            done = True
             break
-    progress.sent += len(frames)
-    return b"".join(frames), len(frames)
+    return b"".join(frames), len(frames), after, done
+
+
+def _advance(progress: _Progress, sent: int, last_id: int, done: bool) -> None:
+    progress.last_id = last_id
+    progress.sent += sent
+    progress.done = progress.done or done
 
 
 def _record_open(
