@@ -28,6 +28,13 @@ T = TypeVar("T")
 # Inserts one event in the job's transaction at once and returns it, with its id.
 Emit = Callable[[Draft], Awaitable[Event]]
 TxFunction = Callable[[Tx, Emit], Awaitable[T]]
+# A publish that took at least this long (a commit fanned out to many streams, each
+# written in it: web/streams.py's fast path) makes the writer rest before its next
+# commit, for PUBLISH_REST_SHARE of that time, so that what is appended meanwhile goes
+# in one commit and one fan-out: the loop spends at most about two thirds of its time
+# on fan-out, and a flood's commits grow instead of each costing every stream a write.
+PUBLISH_REST_AFTER_S = 0.001
+PUBLISH_REST_SHARE = 0.5
 # Run in an append's transaction before its events are inserted (a generation's lease,
 # generation/leases.py); it only reads and locks, and what it raises fails that append.
 Check = Callable[[Tx], Awaitable[None]]
@@ -63,6 +70,7 @@ class Journal:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._rest = 0.0  # seconds to wait before the next commit (PUBLISH_REST_AFTER_S)
         self.stats = JournalStats()
         # Told the duration of each commit (metrics); called once per batch.
         self.on_commit: Callable[[float], None] | None = None
@@ -127,6 +135,9 @@ class Journal:
 
     async def _run(self) -> None:
         while True:
+            if self._rest and not self._closing:
+                rest, self._rest = self._rest, 0.0
+                await asyncio.sleep(rest)
             if not self._queue:
                 if self._closing:
                     return
@@ -192,7 +203,11 @@ class Journal:
             self.on_commit(elapsed)
         # Publish only what is durable, in id order (the storage gave ids in job order).
         if published:
+            publishing = time.perf_counter()
             self._publisher.committed(published)
+            spent = time.perf_counter() - publishing
+            if spent >= PUBLISH_REST_AFTER_S:
+                self._rest = spent * PUBLISH_REST_SHARE
 
     def _refused(self, batch: Sequence[_Append | _Transact[Any]], exc: StorageError) -> None:
         self.stats.failed_commits += 1
