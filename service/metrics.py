@@ -64,27 +64,52 @@ class _ScrapeTime(Collector):
 
 
 @dataclass
+class Deliveries:
+    """What streams wrote, kept as plain ints: they count on the fast path (a write per
+    stream per commit), where a prometheus Counter's lock on each increment was a cost
+    of its own; read when /metrics is scraped."""
+
+    events: int = 0  # events written to stream clients, replayed or live
+    replayed: int = 0  # of those, sent from storage
+    # Writes carrying events, by who wrote them: "direct" from the commit's publish (the
+    # fast path), "handler" by the stream's own task (replay, or a client that could
+    # not take it at once).
+    direct_writes: int = 0
+    handler_writes: int = 0
+
+
+class _DeliveryCounts(Collector):
+    def __init__(self, deliveries: Deliveries) -> None:
+        self._deliveries = deliveries
+
+    def collect(self) -> Iterator[Metric]:
+        d = self._deliveries
+        yield CounterMetricFamily(
+            "genstream_events_delivered", "events written to stream clients", value=d.events
+        )
+        yield CounterMetricFamily(
+            "genstream_events_replayed",
+            "events sent to stream clients from storage",
+            value=d.replayed,
+        )
+        writes = CounterMetricFamily(
+            "genstream_stream_writes", "writes to stream clients, by who wrote them", labels=["by"]
+        )
+        writes.add_metric(["direct"], d.direct_writes)
+        writes.add_metric(["handler"], d.handler_writes)
+        yield writes
+
+
+@dataclass
 class Metrics:
     registry: CollectorRegistry = field(
         default_factory=lambda: CollectorRegistry(auto_describe=True)
     )
+    deliveries: Deliveries = field(default_factory=Deliveries)
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.events_delivered = Counter(
-            "genstream_events_delivered", "events written to stream clients", registry=r
-        )
-        self.events_replayed = Counter(
-            "genstream_events_replayed", "events sent to stream clients from SQLite", registry=r
-        )
-        # "direct": written from the commit's publish (the fast path); "handler": by the
-        # stream's own task (replay, a heartbeat, or a client that could not take it at once).
-        self.stream_writes = Counter(
-            "genstream_stream_writes",
-            "writes to stream clients, by who wrote them",
-            ["by"],
-            registry=r,
-        )
+        r.register(_DeliveryCounts(self.deliveries))
         self.stream_closes = Counter(
             "genstream_stream_closes",
             "streams ended, by reason (slow_client and send_timeout are cut-off clients)",

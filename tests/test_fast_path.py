@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -119,6 +120,7 @@ CLIENTS = 10
 GENERATION_CLIENTS = 2
 LAST = "app.test.done"
 ATTACK_TIMEOUT = 90.0
+SMALL_RECEIVE_BUFFER = 16 * 1024
 
 
 async def _publisher(
@@ -129,8 +131,8 @@ async def _publisher(
     count: list[int],
 ) -> None:
     for i in range(EVENTS_PER_PUBLISHER):
-        # Up to 40 KiB: a few of them fill a paused client's socket buffers.
-        await _publish(server, project_id, i, pad=rng.choice((0, 100, 2_000, 40_000)))
+        # Up to 60 KB: a few of them fill a paused client's socket buffers.
+        await _publish(server, project_id, i, pad=rng.choice((0, 2_000, 40_000, 60_000)))
         async with published:
             count[0] += 1
             published.notify_all()
@@ -143,11 +145,17 @@ async def _pausing_client(
     published: asyncio.Condition,
     count: list[int],
 ) -> list[int]:
-    """Reads the project's stream to LAST; now and then stops reading until 5 to 40 more
+    """Reads the project's stream to LAST; now and then stops reading until 20 to 80 more
     events were published (its buffers fill, the fast path refuses), then reads again."""
     ids: list[int] = []
     url = f"{server.url}/api/projects/{project_id}/stream?last_event_id=0"
     async with server.http.get(url) as response:
+        # A small receive buffer (the kernel's autotuning off for this socket, tcp(7)):
+        # a pause soon fills it and the server's send buffer, and the server's transport
+        # buffer grows past its high-water mark.
+        assert response.connection is not None and response.connection.transport is not None
+        sock = response.connection.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
         reader = SSEReader(response)
         while True:
             frame = await reader.event(timeout=ATTACK_TIMEOUT)
@@ -155,8 +163,8 @@ async def _pausing_client(
             ids.append(frame.id)
             if frame.event == LAST:
                 return ids
-            if rng.random() < 0.08:
-                goal = min(count[0] + rng.randint(5, 40), PUBLISHERS * EVENTS_PER_PUBLISHER)
+            if rng.random() < 0.15:
+                goal = min(count[0] + rng.randint(20, 80), PUBLISHERS * EVENTS_PER_PUBLISHER)
                 await _published(published, count, goal)
 
 

@@ -27,10 +27,19 @@ class Batch:
     all: a topic's share of one commit reaches each of its subscribers as one Batch."""
 
     events: Sequence[Event]
+    _derived: dict[Callable[[bytes], bytes], bytes] = field(default_factory=dict)
 
     @cached_property
     def frames(self) -> bytes:
         return b"".join(event.frame for event in self.events)
+
+    def derived(self, encode: Callable[[bytes], bytes]) -> bytes:
+        """`encode(frames)`, made once for every reader of the batch (the web layer
+        wraps the frames in an HTTP chunk)."""
+        made = self._derived.get(encode)
+        if made is None:
+            made = self._derived[encode] = encode(self.frames)
+        return made
 
 
 # Takes a batch straight to the stream's client, or returns False to have it queued.

@@ -10,13 +10,18 @@ import asyncio
 import socket
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 
 from service.eventlog import sse
 
-# What HTTP/1.1 chunked encoding adds around a write: the size line and the CRLF after.
-CHUNK_OVERHEAD = 16
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (RFC 9112 section 7.1): its size in hex, CRLF, the
+    data, CRLF; what aiohttp's StreamWriter writes for a chunked response. Made once per
+    commit for every stream that sends the commit whole (web/streams.py)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class SendTimeout(ConnectionError):
@@ -42,41 +47,55 @@ class SSEResponse(web.StreamResponse):
         self._protocol = request.protocol
         self._send_timeout = send_timeout
         self._writing = False
+        # aiohttp's writer, once the headers are out with the first write: what
+        # `send_now` writes past (None: it cannot, and says so).
         self._writer: StreamWriter | None = None
+        self._prepared: AbstractStreamWriter | None = None  # what prepare() gave
+        self._high = 0
         self.timed_out = False
 
     async def start(self, unacked_timeout: float) -> None:
         """Send the headers, then bound how long sent data may stay unacknowledged."""
-        writer = await self.prepare(self._client)
-        # aiohttp's own writer, uncompressed: what `send_now` may drive by hand.
-        if isinstance(writer, StreamWriter) and not self.compression:
-            self._writer = writer
+        self._prepared = await self.prepare(self._client)
         _limit_unacked_time(self._client, unacked_timeout)
 
-    def send_now(self, data: bytes) -> bool:
-        """Write `data` at once, from outside the handler's task, if the client can take
-        it without waiting; False, with nothing written, if it cannot (then `send`).
+    def send_now(self, chunked: bytes) -> bool:
+        """Write `chunked` (the frames as one HTTP/1.1 chunk: `chunk`) at once, from
+        outside the handler's task, if the client can take it without waiting; False,
+        with nothing written, if it cannot (then `send`).
 
-        aiohttp's StreamWriter.write(drain=False) awaits nothing on an uncompressed
-        response (its only awaits are the compressor and the drain; a server's writer has
-        no chunk-sent signal): it frames the chunk and hands it to the transport. So it
-        runs to its end here in one step, with no task: the fast path of a fan-out, where
-        a task per subscriber per commit cost a task switch each.
+        Straight to the transport, counted in aiohttp's writer as its own write counts
+        (`output_size`, the access log's bytes; `buffer_size`, its drain's), which is all
+        StreamWriter.write does for an uncompressed chunked response: the fast path of a
+        fan-out, one C call per stream per commit, no task and no coroutine.
         """
-        writer = self._writer
+        writer, transport = self._writer, self._transport
         if (
             writer is None
             or self._writing
-            or not _cannot_wait(self._protocol, self._transport, len(data) + CHUNK_OVERHEAD)
+            or transport is None
+            or transport.is_closing()
+            or self._protocol.writing_paused
+            or transport.get_write_buffer_size() + len(chunked) > self._high
         ):
             return False
-        step = writer.write(data, drain=False)
-        try:
-            step.send(None)
-        except StopIteration:
-            return True
-        step.close()
-        raise RuntimeError("aiohttp's StreamWriter.write waited: send_now cannot drive it")
+        transport.write(chunked)
+        writer.output_size += len(chunked)
+        writer.buffer_size += len(chunked)
+        return True
+
+    def _open_fast_path(self) -> None:
+        """After the first write (the headers went with it): what `send_now` needs, when
+        aiohttp writes this response as plain chunks (chunked, uncompressed)."""
+        writer = self._prepared
+        if (
+            isinstance(writer, StreamWriter)
+            and writer.chunked
+            and not self.compression
+            and self._transport is not None
+        ):
+            self._writer = writer
+            _low, self._high = self._transport.get_write_buffer_limits()
 
     async def send(self, data: bytes) -> None:
         """One write, aborted with the connection when the client does not take it in time."""
@@ -88,6 +107,8 @@ class SSEResponse(web.StreamResponse):
             else:
                 async with asyncio.timeout(self._send_timeout):
                     await self.write(data)
+            if self._writer is None:
+                self._open_fast_path()
         except TimeoutError:
             self.timed_out = True
             self.abort()
