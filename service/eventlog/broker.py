@@ -178,6 +178,9 @@ class Broker:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._topics: dict[str, set[Subscriber]] = {}
+        # The loop of the first subscribe, kept (Subscriber.loop says why): a publish
+        # reaches subscribers only, so it always has one.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @contextmanager
     def subscription(self, topic: str) -> Iterator[Subscriber]:
@@ -191,7 +194,9 @@ class Broker:
             self.unsubscribe(subscriber)
 
     def subscribe(self, topic: str) -> Subscriber:
-        subscriber = Subscriber(topic, self._queue_size, asyncio.get_running_loop())
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        subscriber = Subscriber(topic, self._queue_size, self._loop)
         self._topics.setdefault(topic, set()).add(subscriber)
         return subscriber
 
@@ -206,10 +211,10 @@ class Broker:
     def publish(self, topic: str, events: Sequence[Event]) -> None:
         """Committed events of one topic, in id order."""
         members = self._topics.get(topic)
-        if not members:
+        if not members or self._loop is None:
             return
         batch = Batch(events)
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         for subscriber in tuple(members):
             subscriber.offer(batch, now)
 

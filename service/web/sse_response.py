@@ -51,7 +51,6 @@ class SSEResponse(web.StreamResponse):
         # `send_now` writes past (None: it cannot, and says so).
         self._writer: StreamWriter | None = None
         self._prepared: AbstractStreamWriter | None = None  # what prepare() gave
-        self._high = 0
         self.timed_out = False
 
     async def start(self, unacked_timeout: float) -> None:
@@ -72,11 +71,9 @@ class SSEResponse(web.StreamResponse):
         writer, transport = self._writer, self._transport
         if (
             writer is None
-            or self._writing
             or transport is None
-            or transport.is_closing()
-            or self._protocol.writing_paused
-            or transport.get_write_buffer_size() + len(chunked) > self._high
+            or self._writing
+            or not _cannot_wait(self._protocol, transport, len(chunked))
         ):
             return False
         transport.write(chunked)
@@ -88,14 +85,8 @@ class SSEResponse(web.StreamResponse):
         """After the first write (the headers went with it): what `send_now` needs, when
         aiohttp writes this response as plain chunks (chunked, uncompressed)."""
         writer = self._prepared
-        if (
-            isinstance(writer, StreamWriter)
-            and writer.chunked
-            and not self.compression
-            and self._transport is not None
-        ):
+        if isinstance(writer, StreamWriter) and writer.chunked and not self.compression:
             self._writer = writer
-            _low, self._high = self._transport.get_write_buffer_limits()
 
     async def send(self, data: bytes) -> None:
         """One write, aborted with the connection when the client does not take it in time."""

@@ -201,7 +201,6 @@ async def _follow(
     metrics: Metrics,
 ) -> CloseReason:
     counts = metrics.deliveries
-    whole = target.generation_id is None  # a project stream wants every event
 
     def direct(batch: Batch) -> bool:
         """The fast path (broker.Subscriber.offer): a commit written to the client from
@@ -209,12 +208,11 @@ async def _follow(
         client cannot take it at once: then it is queued, and the handler writes it."""
         if progress.done:
             return True  # the handler is ending the stream: nothing more goes out
-        events = batch.events
-        if whole and events and events[0].id > progress.last_id:
-            # A project stream that keeps up sends the commit whole: as one HTTP chunk,
-            # made once for every such stream of the commit.
+        if _wants_whole(batch, target, progress.last_id):
+            # The commit whole, as one HTTP chunk made once for every such stream of it.
             if not response.send_now(batch.derived(chunk)):
                 return False
+            events = batch.events
             sent, last_id, done = len(events), events[-1].id, False
         else:
             frames, sent, last_id, done = _select(batch, target, progress.last_id)
@@ -269,9 +267,8 @@ def _select(batch: Batch, target: StreamTarget, after: int) -> tuple[bytes, int,
     events = batch.events
     if not events:
         return b"", 0, after, False
-    if target.generation_id is None and events[0].id > after:
-        # A project stream that keeps up wants the whole batch: its frames, joined once
-        # for every such subscriber of the commit.
+    if _wants_whole(batch, target, after):
+        # Its frames, joined once for every such subscriber of the commit.
         return batch.frames, len(events), events[-1].id, False
     frames: list[bytes] = []
     done = False
@@ -284,6 +281,12 @@ def _select(batch: Batch, target: StreamTarget, after: int) -> tuple[bytes, int,
             done = True
             break
     return b"".join(frames), len(frames), after, done
+
+
+def _wants_whole(batch: Batch, target: StreamTarget, after: int) -> bool:
+    """A project stream that keeps up (nothing of the batch sent yet) wants all of it."""
+    events = batch.events
+    return target.generation_id is None and bool(events) and events[0].id > after
 
 
 def _advance(progress: _Progress, sent: int, last_id: int, done: bool) -> None:
