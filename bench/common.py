@@ -79,12 +79,11 @@ def payload(size: int, overhead: int, seq: int | None = None) -> dict[str, Any]:
     """A `{"t": <hand-off ns>, "pad": ...}` payload whose JSON, with `overhead` bytes of
     other fields around it, is about `size` bytes. With `seq`, also `"seq": <seq>`: the
     event's number in its inject, by which a replay checks it saw every event once."""
-    t = time.time_ns()
-    if seq is None:
-        base = len(orjson.dumps({"t": t, "pad": ""}))
-        return {"t": t, "pad": "x" * max(0, size - base - overhead)}
-    base = len(orjson.dumps({"t": t, "seq": seq, "pad": ""}))
-    return {"t": t, "seq": seq, "pad": "x" * max(0, size - base - overhead)}
+    fields: dict[str, Any] = {"t": time.time_ns()}
+    if seq is not None:
+        fields["seq"] = seq
+    base = len(orjson.dumps({**fields, "pad": ""}))
+    return {**fields, "pad": "x" * max(0, size - base - overhead)}
 
 
 async def produce(count: int, rate: float, hand_off: Callable[[], object]) -> int:
